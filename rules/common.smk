@@ -1,0 +1,214 @@
+# Helpers shared by the rule files: config views, paths and input functions.
+import json
+import os
+from pathlib import Path
+
+# Rules call `python -m workflow_scripts.<module>`: make the package importable in every job,
+# also inside per-rule conda envs and on cluster nodes (sbatch exports the environment).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
+)
+
+DATA = config["data_dir"]
+RESULTS = config["results_dir"]
+MODALITIES = list(config["modalities"])
+MODELS = list(config["models"])
+FOLDS = list(range(config["folds"]))
+
+
+def _check_config():
+    """Cross-key checks a JSON schema cannot express; errors name the key."""
+    for m, mc in config["modalities"].items():
+        if mc["source"] not in config["sources"]:
+            raise ValueError(f"modalities.{m}.source: {mc['source']!r} is not a key of sources")
+        both = set(mc["train_centers"]) & set(mc["external_centers"])
+        if both:
+            raise ValueError(f"modalities.{m}: centers {sorted(both)} are both train_centers and external_centers")
+    ids = [mc["dataset_id"] for mc in config["modalities"].values()]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"modalities.*.dataset_id must differ between modalities, got {ids}")
+    for model in MODELS:
+        if model not in config["model_catalog"]:
+            raise ValueError(f"models: {model!r} is not in model_catalog ({sorted(config['model_catalog'])})")
+
+
+_check_config()
+
+ALL_CENTERS = sorted(
+    {c for mc in config["modalities"].values() for c in mc["train_centers"] + mc["external_centers"]}
+)
+
+
+wildcard_constraints:
+    modality="|".join(MODALITIES),
+    model="|".join(MODELS),
+    center="|".join(ALL_CENTERS),
+    fold=r"\d+",
+    run=r"Dataset\d{3}_[A-Za-z0-9]+/\w+__nnUNetPlans__(3d_fullres|2d)",
+    source="|".join(config["sources"]),
+
+
+def centers(modality, role=None):
+    mc = config["modalities"][modality]
+    if role == "train-cv":
+        return list(mc["train_centers"])
+    if role == "external":
+        return list(mc["external_centers"])
+    return list(mc["train_centers"]) + list(mc["external_centers"])
+
+
+def center_role(modality, center):
+    return "train-cv" if center in config["modalities"][modality]["train_centers"] else "external"
+
+
+def is_synthetic():
+    return any(s["type"] == "synthetic" for s in config["sources"].values())
+
+
+def data_source_label(modality):
+    source = config["modalities"][modality]["source"]
+    return "synthetic" if config["sources"][source]["type"] == "synthetic" else source
+
+
+def nnunet_dataset(modality):
+    return f"Dataset{config['modalities'][modality]['dataset_id']:03d}_{modality}"
+
+
+def model_conf(model):
+    return config["model_catalog"][model]
+
+
+def fold_dir(modality, model, fold):
+    """nnU-Net's own output layout under results/<modality>/<model> (nnUNet_results)."""
+    m = model_conf(model)
+    trainer_class = m["trainer"].partition(":")[2]
+    return (
+        f"{RESULTS}/{modality}/{model}/{nnunet_dataset(modality)}/"
+        f"{trainer_class}__nnUNetPlans__{m['configuration']}/fold_{fold}"
+    )
+
+
+def res(rule_name, key):
+    return config["resources"][rule_name][key]
+
+
+def plan_json():
+    return json.dumps(config["plan"].get("configurations", {}), separators=(",", ":"))
+
+
+# ---- paths of rule outputs -------------------------------------------------------------
+def raw_dir(modality):
+    return f"{DATA}/raw/{config['modalities'][modality]['source']}"
+
+
+def center_table(modality, center):
+    return f"{DATA}/prepared/{modality}/{center}.tsv"
+
+
+def manifest_file():
+    return f"{DATA}/manifest.tsv"
+
+
+def summary_tables():
+    return [f"{RESULTS}/tables/summary.csv", f"{RESULTS}/tables/summary.md"]
+
+
+# ---- input functions ---------------------------------------------------------------------
+def raw_for_modality(wildcards):
+    return raw_dir(wildcards.modality)
+
+
+def train_center_tables(wildcards):
+    return [center_table(wildcards.modality, c) for c in centers(wildcards.modality, "train-cv")]
+
+
+def all_center_tables(wildcards):
+    return [center_table(m, c) for m in MODALITIES for c in centers(m)]
+
+
+def mapping_arg(wildcards):
+    mc = config["modalities"][wildcards.modality]
+    return f"--mapping {raw_dir(wildcards.modality)}/{mc['mapping']}" if mc["mapping"] else ""
+
+
+def fold_checkpoints(wildcards):
+    return [f"{fold_dir(wildcards.modality, wildcards.model, f)}/checkpoint_final.pth" for f in FOLDS]
+
+
+def fold_validations(wildcards):
+    return [f"{fold_dir(wildcards.modality, wildcards.model, f)}/validation" for f in FOLDS]
+
+
+def train_checkpoint(wildcards):
+    return f"{fold_dir(wildcards.modality, wildcards.model, wildcards.fold)}/checkpoint_final.pth"
+
+
+def center_masks(wildcards):
+    kind = "cv_masks" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "ensemble_masks"
+    return f"{RESULTS}/{wildcards.modality}/{wildcards.model}/centers/{wildcards.center}/{kind}"
+
+
+def center_metrics_all(wildcards=None):
+    return [
+        f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for m in MODALITIES for model in MODELS for c in centers(m)
+    ]
+
+
+def source_param(key):
+    """Params function: one key of the source named by the {source} wildcard."""
+
+    def get(wildcards):
+        return config["sources"][wildcards.source][key]
+
+    return get
+
+
+def modality_param(key):
+    """Params function: one key of the modality named by the {modality} wildcard."""
+
+    def get(wildcards):
+        return config["modalities"][wildcards.modality][key]
+
+    return get
+
+
+def role_of_center(wildcards):
+    return center_role(wildcards.modality, wildcards.center)
+
+
+def data_source_of_modality(wildcards):
+    return data_source_label(wildcards.modality)
+
+
+def model_param(key):
+    def get(wildcards):
+        return model_conf(wildcards.model)[key]
+
+    return get
+
+
+def model_folder(wildcards):
+    return str(Path(fold_dir(wildcards.modality, wildcards.model, 0)).parent)
+
+
+def center_cases(wildcards):
+    return center_table(wildcards.modality, wildcards.center)
+
+
+def nnunet_configurations(wildcards=None):
+    """The nnU-Net configurations the chosen models need (e.g. 3d_fullres, 2d)."""
+    return sorted({model_conf(m)["configuration"] for m in MODELS})
+
+
+def target_spacing_arg():
+    spacing = config["plan"].get("target_spacing")
+    return "--target-spacing " + " ".join(str(s) for s in spacing) if spacing else ""
+
+
+def checked_results_root(wildcards):
+    """nnUNet_results of a training job; refuses a {run} folder that is not this model's."""
+    expected = fold_dir(wildcards.modality, wildcards.model, wildcards.fold)
+    asked = f"{RESULTS}/{wildcards.modality}/{wildcards.model}/{wildcards.run}/fold_{wildcards.fold}"
+    if expected != asked:
+        raise ValueError(f"{asked}: model {wildcards.model} trains into {expected}")
+    return f"{RESULTS}/{wildcards.modality}/{wildcards.model}"

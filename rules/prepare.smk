@@ -1,0 +1,82 @@
+# Raw files -> validated per-center manifest rows -> manifest, nnU-Net raw dataset and folds.
+
+
+rule prepare_center:
+    """Validate one center's scans (one job per modality x center: a new center touches only itself)."""
+    input:
+        raw=raw_for_modality,
+    output:
+        cases=f"{DATA}/prepared/{{modality}}/{{center}}.tsv",
+        excluded=f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv",
+    params:
+        folder=modality_param("folder"),
+        mapping=mapping_arg,
+        regex=modality_param("participant_regex"),
+        role=role_of_center,
+        source=data_source_of_modality,
+        on_bad=config["prepare"]["on_bad_case"],
+        header=config["prepare"]["label_header_mismatch"],
+        fixed=f"{DATA}/prepared/{{modality}}/fixed_labels",
+    log:
+        f"{DATA}/logs/prepare_{{modality}}_{{center}}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.prepare --raw {input.raw}/{params.folder} --modality {wildcards.modality} "
+        "--center {wildcards.center} --role {params.role} --out {output.cases} --fixed-dir {params.fixed} "
+        "{params.mapping} --participant-regex '{params.regex}' --on-bad-case {params.on_bad} "
+        "--label-header-mismatch {params.header} --data-source {params.source} > {log} 2>&1"
+
+
+rule manifest:
+    """The study's one table: every scan of every modality and center (schema-validated)."""
+    input:
+        all_center_tables,
+    output:
+        manifest=manifest_file(),
+        excluded=f"{DATA}/excluded.tsv",
+    log:
+        f"{DATA}/logs/manifest.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.manifest --tables {input} --schema {workflow.basedir}/config/schemas/manifest.schema.yaml "
+        "--out {output.manifest} --excluded {output.excluded} > {log} 2>&1"
+
+
+rule nnunet_raw:
+    """One modality's nnU-Net raw dataset from its training centers (links, not copies)."""
+    input:
+        train_center_tables,
+    output:
+        directory(f"{DATA}/nnunet_raw/{{modality}}"),
+    params:
+        dataset_id=modality_param("dataset_id"),
+        description=data_source_of_modality,
+    log:
+        f"{DATA}/logs/nnunet_raw_{{modality}}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.nnunet_dataset --cases {input} --out-root {output} "
+        "--dataset-id {params.dataset_id} --modality {wildcards.modality} "
+        "--description 'PanSeg {wildcards.modality} ({params.description} data)' > {log} 2>&1"
+
+
+rule split:
+    """Folds grouped by participant, balanced by center, stable for identical inputs."""
+    input:
+        train_center_tables,
+    output:
+        json=f"{DATA}/splits/{{modality}}.json",
+        tsv=f"{DATA}/splits/{{modality}}.tsv",
+    params:
+        folds=config["folds"],
+        seed=config["split_seed"],
+    log:
+        f"{DATA}/logs/split_{{modality}}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.splits --cases {input} --folds {params.folds} --seed {params.seed} "
+        "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"

@@ -1,0 +1,38 @@
+# One job per modality x model x fold; resumes from checkpoint_latest.pth after an interruption.
+
+
+rule train:
+    input:
+        preprocessed=f"{DATA}/nnunet_preprocessed/{{modality}}",
+        splits=f"{DATA}/splits/{{modality}}.json",
+    output:
+        checkpoint=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/checkpoint_final.pth",
+        info=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/train_info.json",
+        curve=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/training_curve.tsv",
+        validation=directory(f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/validation"),
+    params:
+        dataset_id=modality_param("dataset_id"),
+        trainer=model_param("trainer"),
+        configuration=model_param("configuration"),
+        results=checked_results_root,
+        t=config["training"],
+        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
+    threads: res("train", "threads")
+    resources:
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
+        gpu=res("train", "gpu"),
+    log:
+        f"{RESULTS}/logs/train/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.tsv"
+    conda:
+        "../envs/nnunet.yaml"
+    shell:
+        "python -m workflow_scripts.train --preprocessed-root {input.preprocessed} --results-root {params.results} "
+        "--dataset-id {params.dataset_id} --modality {wildcards.modality} --trainer {params.trainer} "
+        "--configuration {params.configuration} --fold {wildcards.fold} --splits {input.splits} "
+        "--epochs {params.t[epochs]} --iterations {params.t[iterations_per_epoch]} "
+        "--val-iterations {params.t[val_iterations_per_epoch]} --lr {params.t[initial_lr]} "
+        "--optimizer {params.t[optimizer]} --save-every {params.t[save_every]} --seed {params.t[seed]} "
+        "--device {params.t[device]} {params.mirroring} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny images written by the tests themselves (no patient data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_nifti(path, array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None):
+    """Write a numpy (z, y, x) array as NIfTI; spacing/origin in SimpleITK (x, y, z) order."""
+    img = sitk.GetImageFromArray(np.asarray(array))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin(tuple(float(o) for o in origin))
+    if direction is not None:
+        img.SetDirection(tuple(float(d) for d in direction))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return Path(path)
+
+
+def blob(shape=(8, 12, 12), centre=(4, 6, 6), radius=3):
+    zz, yy, xx = np.indices(shape)
+    return (((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) <= radius**2).astype(np.uint8)
+
+
+@pytest.fixture
+def raw_dataset(tmp_path):
+    """A PanSegData-style folder: t1/imagesTr + t1/labelsTr with centers AAA and BBB, 3 cases each."""
+    root = tmp_path / "raw"
+    mapping = {}
+    rng = np.random.default_rng(0)
+    for center in ("AAA", "BBB"):
+        for k in range(1, 4):
+            case = f"{center}_{k:04d}"
+            img = rng.normal(100, 10, size=(8, 12, 12)).astype(np.float32)
+            write_nifti(root / "t1" / "imagesTr" / f"{case}_0000.nii.gz", img, spacing=(1.5, 1.5, 3.0))
+            write_nifti(root / "t1" / "labelsTr" / f"{case}.nii.gz", blob(), spacing=(1.5, 1.5, 3.0))
+            # Cases 1 and 2 of a center are one participant (two visits).
+            mapping[f"{center}-P{min(k, 2)}-V{k}-T1"] = case
+    mapping["dropped-scan"] = "Not included"
+    import json
+
+    (root / "T1-name_mapping.json").write_text(json.dumps(mapping))
+    return root

@@ -1,0 +1,36 @@
+"""Write files so that a crash never leaves a half-written output behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name ends with the real name, so format-by-extension writers still work.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=f"-{path.name}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_table(df, path, **kwargs) -> None:
+    """Write a pandas table as TSV (or CSV for a .csv name) atomically."""
+    sep = "," if str(path).endswith(".csv") else "\t"
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep=sep, index=False, **kwargs)

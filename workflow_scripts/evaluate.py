@@ -1,0 +1,119 @@
+"""Evaluate predicted masks against reference labels: a per-case metrics table.
+
+Two uses:
+- the workflow: ``--cases`` (a center's manifest rows) and ``--pred`` (its mask folder) give a
+  table with the manifest's case, modality, center, participant and role columns;
+- any two folders of NIfTI masks matched by file name, like nnU-Net's evaluate_folder:
+  ``python -m workflow_scripts.evaluate --pred DIR --ref DIR --out FILE.csv``.
+Masks are read with SimpleITK; spacing comes from the reference, reversed to array order. A
+prediction not on its reference's grid is an error naming the file (never silently resampled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from .atomic import write_table
+from .errors import InputError
+from .metrics import case_metrics
+from .pairs import read_image
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["case", "dice", "hd95_mm", "hd_max_mm", "assd_mm", "precision", "recall", "vol_pred_ml", "vol_ref_ml",
+           "vol_diff_ml", "tp", "fp", "fn", "empty"]
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def evaluate_pair(pred_path, ref_path, origin_tol_mm=1e-2) -> dict:
+    pred_img, ref_img = read_image(pred_path), read_image(ref_path)
+    if pred_img.GetSize() != ref_img.GetSize():
+        raise InputError(pred_path, f"size {pred_img.GetSize()} differs from reference {ref_img.GetSize()} ({ref_path})")
+    if not (np.allclose(pred_img.GetSpacing(), ref_img.GetSpacing(), atol=1e-3 * max(ref_img.GetSpacing()))
+            and np.allclose(pred_img.GetOrigin(), ref_img.GetOrigin(), atol=origin_tol_mm)
+            and np.allclose(pred_img.GetDirection(), ref_img.GetDirection(), atol=1e-3)):
+        raise InputError(pred_path, f"geometry (spacing/origin/direction) differs from reference {ref_path}")
+    pred = sitk.GetArrayViewFromImage(pred_img) > 0
+    ref = sitk.GetArrayViewFromImage(ref_img) > 0
+    return case_metrics(pred, ref, ref_img.GetSpacing()[::-1])
+
+
+def case_name(path: Path) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def evaluate_folders(pred_dir, ref_dir) -> pd.DataFrame:
+    """Match NIfTI masks by file name; a reference without prediction is an error."""
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    refs = {case_name(p): p for p in sorted(ref_dir.iterdir()) if p.name.endswith(NIFTI_SUFFIXES)}
+    preds = {case_name(p): p for p in sorted(pred_dir.iterdir()) if p.name.endswith(NIFTI_SUFFIXES)}
+    if not refs:
+        raise InputError(ref_dir, "no NIfTI reference masks (.nii/.nii.gz) found")
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        raise InputError(pred_dir, f"no prediction for {len(missing)} reference cases, e.g. {missing[:3]}")
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        log.warning("%d predictions have no reference and are not evaluated: %s", len(extra), extra[:5])
+    rows = []
+    for i, case in enumerate(refs, 1):
+        rows.append({"case": case, **evaluate_pair(preds[case], refs[case])})
+        if i % 20 == 0:
+            log.info("evaluated %d/%d", i, len(refs))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str) -> pd.DataFrame:
+    """Metrics for manifest rows, each against <pred_dir>/<case_id>.nii.gz."""
+    rows = []
+    for r in cases.sort_values("case_id").itertuples():
+        pred = Path(pred_dir) / f"{r.case_id}.nii.gz"
+        m = evaluate_pair(pred, r.label)
+        rows.append({"case": r.case_id, **m})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    meta = cases.set_index("case_id").loc[df.case]
+    for pos, col in enumerate(["modality", "center", "participant_id", "role", "data_source"]):
+        df.insert(1 + pos, col, meta[col].fillna("").values if col in meta else "")
+    df.insert(2, "model", model)
+    return df
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Per-case Dice, HD95 (mm), precision, recall and volumes.")
+    ap.add_argument("--pred", required=True, help="folder of predicted masks")
+    ap.add_argument("--ref", help="folder of reference masks (matched by file name)")
+    ap.add_argument("--cases", help="manifest TSV (workflow use; reference = its label column)")
+    ap.add_argument("--model", default="")
+    ap.add_argument("--out", required=True, help="output table (.csv or .tsv)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if bool(args.ref) == bool(args.cases):
+        ap.error("give exactly one of --ref and --cases")
+    try:
+        if args.ref:
+            df = evaluate_folders(args.pred, args.ref)
+        else:
+            df = evaluate_cases(pd.read_csv(args.cases, sep="\t", dtype=str, keep_default_na=False), args.pred,
+                                args.model)
+    except InputError as exc:
+        log.error("%s", exc)
+        return 1
+    write_table(df, args.out, float_format="%.6g")
+    n_empty = int((df["empty"] != "").sum())
+    log.info("%d cases: mean Dice %.3f, median HD95 %.2f mm; %d with an empty mask (rule in metrics.py)",
+             len(df), df.dice.mean(), df.hd95_mm.median(), n_empty)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Concatenate the per-center tables into data/manifest.tsv and validate it against its schema.
+
+The manifest is the study's one table (one row per scan). Validation: every row against
+config/schemas/manifest.schema.yaml (Snakemake's validate), unique case ids per modality, and the
+center in each case id's prefix. Excluded scans of all centers are gathered into one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import write_table
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def build_manifest(tables, schema=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frames, excluded = [], []
+    for t in tables:
+        frames.append(pd.read_csv(t, sep="\t", dtype=str, keep_default_na=False))
+        ex = Path(str(t).replace(".tsv", ".excluded.tsv"))
+        if ex.exists():
+            excluded.append(pd.read_csv(ex, sep="\t", dtype=str, keep_default_na=False))
+    df = pd.concat(frames, ignore_index=True).sort_values(["modality", "case_id"]).reset_index(drop=True)
+    dup = df[df.duplicated(["modality", "case_id"], keep=False)]
+    if len(dup):
+        raise InputError(tables[0], f"duplicate case ids: {dup.case_id.unique()[:5].tolist()}")
+    wrong = df[df.case_id.str.split("_").str[0] != df.center]
+    if len(wrong):
+        raise InputError(tables[0], f"case ids whose prefix is not their center: {wrong.case_id.tolist()[:5]}")
+    if schema:
+        from snakemake.utils import validate
+
+        typed = df.copy()
+        typed["label_voxels"] = typed.label_voxels.astype(int)
+        try:
+            validate(typed, schema)
+        except Exception as exc:  # snakemake's WorkflowError carries the row and key
+            raise InputError("manifest", f"does not match {schema}: {exc}") from None
+    ex = pd.concat(excluded, ignore_index=True) if excluded else pd.DataFrame(columns=["case_id", "modality", "center", "file", "reason"])
+    return df, ex
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Build and validate data/manifest.tsv.")
+    ap.add_argument("--tables", nargs="+", required=True)
+    ap.add_argument("--schema")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--excluded", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        df, ex = build_manifest(args.tables, args.schema)
+    except InputError as exc:
+        log.error("%s", exc)
+        return 1
+    write_table(ex, args.excluded)
+    write_table(df, args.out)
+    counts = df.groupby(["modality", "role"]).size().to_dict()
+    log.info("manifest: %d scans, %d participants; by modality and role %s; %d excluded", len(df),
+             df.participant_id.nunique(), counts, len(ex))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

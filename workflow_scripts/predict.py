@@ -1,0 +1,111 @@
+"""Predict masks with a fold ensemble through nnU-Net v2's predictor, without trainer name lookup.
+
+The network comes from the trainer class's own ``build_network_architecture`` (deep supervision
+off); the fold checkpoints are loaded with ``torch.load(weights_only=True)`` (no arbitrary pickled
+code) and handed to ``nnUNetPredictor.manual_initialization``. Masks are written as NIfTI in each
+scan's original geometry, one file per case, named ``<case_id>.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .nnunet_env import configure
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path):
+    """Load an nnU-Net checkpoint refusing arbitrary pickled objects.
+
+    nnU-Net's checkpoints hold tensors, plain Python containers and numpy scalars (logged
+    metrics); only numpy's scalar/dtype reconstructors are allowed besides torch's defaults.
+    """
+    import torch
+
+    allowed = [np._core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in ("f4", "f8", "i8", "i4", "b1")}]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_ensemble(model_folder, fold_checkpoints, trainer_path: str, configuration: str, device,
+                  mirroring: bool = False, step_size: float = 0.5):
+    """An nnUNetPredictor holding every fold's weights (predictions are averaged over folds)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from .trainers import load_trainer_class
+
+    model_folder = Path(model_folder)
+    plans_manager = PlansManager(json.loads((model_folder / "plans.json").read_text()))
+    dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    conf = plans_manager.get_configuration(configuration)
+    trainer_cls = load_trainer_class(trainer_path)
+    parameters, mirror_axes = [], None
+    for ck_path in fold_checkpoints:
+        ck = load_checkpoint(ck_path)
+        parameters.append(ck["network_weights"])
+        mirror_axes = ck.get("inference_allowed_mirroring_axes")
+    if mirroring and mirror_axes is None:
+        mirror_axes = tuple(range(len(conf.patch_size)))
+    n_in = determine_num_input_channels(plans_manager, conf, dataset_json)
+    n_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    network = trainer_cls.build_network_architecture(plans_manager, conf, n_in, n_out, enable_deep_supervision=False)
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(network, plans_manager, conf, parameters, dataset_json, trainer_cls.__name__,
+                                    mirror_axes if mirroring else None)
+    return predictor
+
+
+def predict_cases(predictor, cases: pd.DataFrame, out_dir) -> pd.DataFrame:
+    """Predict each case's image into out_dir/<case_id>.nii.gz; return per-case timings."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, row in enumerate(cases.sort_values("case_id").itertuples(), 1):
+        t0 = time.time()
+        predictor.predict_from_files_sequential([[str(Path(row.image).resolve())]], [str(out_dir / row.case_id)],
+                                                save_probabilities=False, overwrite=True)
+        rows.append(dict(case_id=row.case_id, seconds=round(time.time() - t0, 2)))
+        log.info("predicted %d/%d %s in %.1f s", i, len(cases), row.case_id, rows[-1]["seconds"])
+    for extra in ("dataset.json", "plans.json", "predict_from_raw_data_args.json"):
+        (out_dir / extra).unlink(missing_ok=True)  # nnU-Net writes these beside the masks
+    return pd.DataFrame(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Fold-ensemble prediction of one center's scans.")
+    ap.add_argument("--cases", required=True, help="manifest TSV of the scans to segment")
+    ap.add_argument("--model-folder", required=True, help="folder with plans.json and dataset.json")
+    ap.add_argument("--checkpoints", nargs="+", required=True)
+    ap.add_argument("--trainer", required=True)
+    ap.add_argument("--configuration", default="3d_fullres")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--step-size", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure(threads=args.threads)
+    from .train import pick_device
+
+    predictor = load_ensemble(args.model_folder, args.checkpoints, args.trainer, args.configuration,
+                              pick_device(args.device), args.mirroring, args.step_size)
+    timings = predict_cases(predictor, pd.read_csv(args.cases, sep="\t", dtype=str), args.out)
+    timings.to_csv(Path(args.out) / "timings.tsv", sep="\t", index=False)
+
+
+if __name__ == "__main__":  # nnU-Net may start worker processes with spawn: keep this guard
+    sys.exit(main())
