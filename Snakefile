@@ -5,13 +5,33 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is the default; a --configfile (e.g. config/paper.yaml) replaces it whole
+# instead of being merged into it, so no demo setting leaks into the study.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "config/schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"
+
+
+# Rules run `python -m workflow_scripts.<module>`: the package must import in every job, also in
+# per-rule conda envs and on cluster nodes, wherever the working directory is.
+shell.prefix("export PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}; ")
+
+
+wildcard_constraints:
+    modality="|".join(MODALITIES),
+    model="|".join(MODELS),
+    center="|".join(ALL_CENTERS),
+    fold=r"\d+",
+    run=r"Dataset\d{3}_[A-Za-z0-9]+/\w+__nnUNetPlans__(3d_fullres|2d)",
+    source="|".join(config["sources"]),
+
+
 include: "rules/download.smk"
 include: "rules/prepare.smk"
 include: "rules/preprocess.smk"
@@ -22,7 +42,7 @@ include: "rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         manifest_file(),
         summary_tables(),
-    default_target: True

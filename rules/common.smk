@@ -1,13 +1,6 @@
-# Helpers shared by the rule files: config views, paths and input functions.
+# Helpers shared by all rule files (config views, paths, input functions).
 import json
-import os
 from pathlib import Path
-
-# Rules call `python -m workflow_scripts.<module>`: make the package importable in every job,
-# also inside per-rule conda envs and on cluster nodes (sbatch exports the environment).
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
-)
 
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
@@ -34,18 +27,7 @@ def _check_config():
 
 _check_config()
 
-ALL_CENTERS = sorted(
-    {c for mc in config["modalities"].values() for c in mc["train_centers"] + mc["external_centers"]}
-)
-
-
-wildcard_constraints:
-    modality="|".join(MODALITIES),
-    model="|".join(MODELS),
-    center="|".join(ALL_CENTERS),
-    fold=r"\d+",
-    run=r"Dataset\d{3}_[A-Za-z0-9]+/\w+__nnUNetPlans__(3d_fullres|2d)",
-    source="|".join(config["sources"]),
+ALL_CENTERS = sorted({c for mc in config["modalities"].values() for c in mc["train_centers"] + mc["external_centers"]})
 
 
 def centers(modality, role=None):
@@ -93,7 +75,12 @@ def res(rule_name, key):
 
 
 def plan_json():
-    return json.dumps(config["plan"].get("configurations", {}), separators=(",", ":"))
+    # Sorted keys: a config written in another key order must not look like a changed param.
+    return json.dumps(config["plan"].get("configurations", {}), separators=(",", ":"), sort_keys=True)
+
+
+def training_params():
+    return dict(sorted(config["training"].items()))
 
 
 # ---- paths of rule outputs -------------------------------------------------------------

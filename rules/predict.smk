@@ -24,6 +24,17 @@ rule predict_external:
         checkpoints=fold_checkpoints,
     output:
         directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/ensemble_masks"),
+    log:
+        f"{RESULTS}/logs/predict/{{modality}}/{{model}}/{{center}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{modality}}/{{model}}/{{center}}.tsv"
+    conda:
+        "../envs/nnunet.yaml"
+    threads: res("predict", "threads")
+    resources:
+        mem_mb=res("predict", "mem_mb"),
+        runtime=res("predict", "runtime"),
+        gpu=res("predict", "gpu"),
     params:
         model_folder=model_folder,
         trainer=model_param("trainer"),
@@ -31,17 +42,6 @@ rule predict_external:
         mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
         step=config["inference"]["step_size"],
         device=config["inference"]["device"],
-    threads: res("predict", "threads")
-    resources:
-        mem_mb=res("predict", "mem_mb"),
-        runtime=res("predict", "runtime"),
-        gpu=res("predict", "gpu"),
-    log:
-        f"{RESULTS}/logs/predict/{{modality}}/{{model}}/{{center}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/predict/{{modality}}/{{model}}/{{center}}.tsv"
-    conda:
-        "../envs/nnunet.yaml"
     shell:
         "python -m workflow_scripts.predict --cases {input.cases} --model-folder {params.model_folder} "
         "--checkpoints {input.checkpoints} --trainer {params.trainer} --configuration {params.configuration} "

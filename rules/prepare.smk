@@ -8,6 +8,10 @@ rule prepare_center:
     output:
         cases=f"{DATA}/prepared/{{modality}}/{{center}}.tsv",
         excluded=f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv",
+    log:
+        f"{DATA}/logs/prepare_{{modality}}_{{center}}.log",
+    conda:
+        "../envs/data.yaml"
     params:
         folder=modality_param("folder"),
         mapping=mapping_arg,
@@ -17,10 +21,6 @@ rule prepare_center:
         on_bad=config["prepare"]["on_bad_case"],
         header=config["prepare"]["label_header_mismatch"],
         fixed=f"{DATA}/prepared/{{modality}}/fixed_labels",
-    log:
-        f"{DATA}/logs/prepare_{{modality}}_{{center}}.log",
-    conda:
-        "../envs/data.yaml"
     shell:
         "python -m workflow_scripts.prepare --raw {input.raw}/{params.folder} --modality {wildcards.modality} "
         "--center {wildcards.center} --role {params.role} --out {output.cases} --fixed-dir {params.fixed} "
@@ -39,8 +39,10 @@ rule manifest:
         f"{DATA}/logs/manifest.log",
     conda:
         "../envs/data.yaml"
+    params:
+        schema=f"{workflow.basedir}/config/schemas/manifest.schema.yaml",
     shell:
-        "python -m workflow_scripts.manifest --tables {input} --schema {workflow.basedir}/config/schemas/manifest.schema.yaml "
+        "python -m workflow_scripts.manifest --tables {input} --schema {params.schema} "
         "--out {output.manifest} --excluded {output.excluded} > {log} 2>&1"
 
 
@@ -50,13 +52,13 @@ rule nnunet_raw:
         train_center_tables,
     output:
         directory(f"{DATA}/nnunet_raw/{{modality}}"),
-    params:
-        dataset_id=modality_param("dataset_id"),
-        description=data_source_of_modality,
     log:
         f"{DATA}/logs/nnunet_raw_{{modality}}.log",
     conda:
         "../envs/data.yaml"
+    params:
+        dataset_id=modality_param("dataset_id"),
+        description=data_source_of_modality,
     shell:
         "python -m workflow_scripts.nnunet_dataset --cases {input} --out-root {output} "
         "--dataset-id {params.dataset_id} --modality {wildcards.modality} "
@@ -70,13 +72,13 @@ rule split:
     output:
         json=f"{DATA}/splits/{{modality}}.json",
         tsv=f"{DATA}/splits/{{modality}}.tsv",
-    params:
-        folds=config["folds"],
-        seed=config["split_seed"],
     log:
         f"{DATA}/logs/split_{{modality}}.log",
     conda:
         "../envs/data.yaml"
+    params:
+        folds=config["folds"],
+        seed=config["split_seed"],
     shell:
         "python -m workflow_scripts.splits --cases {input} --folds {params.folds} --seed {params.seed} "
         "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"

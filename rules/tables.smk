@@ -8,13 +8,13 @@ rule tables:
         per_case=f"{RESULTS}/tables/per_case.tsv",
         csv=f"{RESULTS}/tables/summary.csv",
         md=f"{RESULTS}/tables/summary.md",
-    params:
-        study=config["study"],
-        reference=MODELS[0],
     log:
         f"{RESULTS}/logs/tables.log",
     conda:
         "../envs/analysis.yaml"
+    params:
+        study=config["study"],
+        reference=MODELS[0],
     shell:
         "python -m workflow_scripts.tables --metrics {input.metrics} --study '{params.study}' "
         "--per-case {output.per_case} --csv {output.csv} --md {output.md} > {log} 2>&1"

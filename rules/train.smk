@@ -10,24 +10,24 @@ rule train:
         info=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/train_info.json",
         curve=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/training_curve.tsv",
         validation=directory(f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/validation"),
-    params:
-        dataset_id=modality_param("dataset_id"),
-        trainer=model_param("trainer"),
-        configuration=model_param("configuration"),
-        results=checked_results_root,
-        t=config["training"],
-        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
-    threads: res("train", "threads")
-    resources:
-        mem_mb=res("train", "mem_mb"),
-        runtime=res("train", "runtime"),
-        gpu=res("train", "gpu"),
     log:
         f"{RESULTS}/logs/train/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.tsv"
     conda:
         "../envs/nnunet.yaml"
+    threads: res("train", "threads")
+    resources:
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
+        gpu=res("train", "gpu"),
+    params:
+        dataset_id=modality_param("dataset_id"),
+        trainer=model_param("trainer"),
+        configuration=model_param("configuration"),
+        results=checked_results_root,
+        t=training_params(),
+        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
     shell:
         "python -m workflow_scripts.train --preprocessed-root {input.preprocessed} --results-root {params.results} "
         "--dataset-id {params.dataset_id} --modality {wildcards.modality} --trainer {params.trainer} "

@@ -40,6 +40,20 @@ def read_image(path) -> sitk.Image:
         raise InputError(path, f"cannot be read as an image ({first[-1] if first else exc})") from None
 
 
+def nonfinite_voxels(path, image: sitk.Image) -> int:
+    """Count NaN/inf voxels. NIfTI files are read with nibabel here: SimpleITK's reader turns NaN
+    into 0, while nnU-Net (nibabel) would see the NaN and train on it."""
+    if str(path).endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        arr = np.asanyarray(nibabel.load(str(path)).dataobj)
+    else:
+        arr = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return 0
+    return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
 def _close(a, b, tol) -> bool:
     return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=0, atol=tol))
 
@@ -53,9 +67,9 @@ def check_pair(image_path, label_path, spacing_tol=1e-3, origin_tol_mm=1e-2, dir
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(image_path, f"expected a 3-D single-channel image, got {image.GetDimension()}-D "
                                      f"with {image.GetNumberOfComponentsPerPixel()} components")
-    arr = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(arr).all():
-        raise InputError(image_path, f"{int((~np.isfinite(arr)).sum())} voxels are NaN or infinite")
+    bad = nonfinite_voxels(image_path, image)
+    if bad:
+        raise InputError(image_path, f"{bad} voxels are NaN or infinite")
     if label.GetSize() != image.GetSize():
         raise InputError(label_path, f"label size {label.GetSize()} differs from image size {image.GetSize()} "
                                      f"({image_path})")
