@@ -2,6 +2,17 @@
 import json
 from pathlib import Path
 
+# Built-in models; config's model_catalog adds models or overrides these key by key.
+BUILTIN_MODELS = {
+    "nnunet": {"trainer": "workflow_scripts.trainers.nnunet:NnUNetTrainer", "configuration": "3d_fullres"},
+    "pansegnet": {"trainer": "workflow_scripts.trainers.pansegnet:PanSegNetTrainer", "configuration": "3d_fullres"},
+    "unet2d": {"trainer": "workflow_scripts.trainers.unet2d:UNet2DTrainer", "configuration": "2d"},
+    "axunet": {"trainer": "workflow_scripts.trainers.axunet:AXUNetTrainer", "configuration": "2d"},
+}
+MODEL_CATALOG = {
+    name: {"configuration": "3d_fullres", "network": {}, **BUILTIN_MODELS.get(name, {}), **entry}
+    for name, entry in {**{n: {} for n in BUILTIN_MODELS}, **config["model_catalog"]}.items()
+}
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
 MODALITIES = list(config["modalities"])
@@ -21,8 +32,10 @@ def _check_config():
     if len(ids) != len(set(ids)):
         raise ValueError(f"modalities.*.dataset_id must differ between modalities, got {ids}")
     for model in MODELS:
-        if model not in config["model_catalog"]:
-            raise ValueError(f"models: {model!r} is not in model_catalog ({sorted(config['model_catalog'])})")
+        if model not in MODEL_CATALOG:
+            raise ValueError(f"models: {model!r} is neither built in nor in model_catalog ({sorted(MODEL_CATALOG)})")
+        if "trainer" not in MODEL_CATALOG[model]:
+            raise ValueError(f"model_catalog.{model}: a new model needs a 'trainer' (module:Class)")
 
 
 _check_config()
@@ -57,7 +70,7 @@ def nnunet_dataset(modality):
 
 
 def model_conf(model):
-    return config["model_catalog"][model]
+    return MODEL_CATALOG[model]
 
 
 def fold_dir(modality, model, fold):
@@ -172,6 +185,10 @@ def model_param(key):
         return model_conf(wildcards.model)[key]
 
     return get
+
+
+def model_network_json(wildcards):
+    return json.dumps(model_conf(wildcards.model)["network"], separators=(",", ":"), sort_keys=True)
 
 
 def model_folder(wildcards):

@@ -3,6 +3,7 @@
 
 rule train:
     input:
+        raw=f"{DATA}/nnunet_raw/{{modality}}",
         preprocessed=f"{DATA}/nnunet_preprocessed/{{modality}}",
         splits=f"{DATA}/splits/{{modality}}.json",
     output:
@@ -25,13 +26,15 @@ rule train:
         dataset_id=modality_param("dataset_id"),
         trainer=model_param("trainer"),
         configuration=model_param("configuration"),
+        network=model_network_json,
         results=checked_results_root,
         t=training_params(),
         mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
     shell:
-        "python -m workflow_scripts.train --preprocessed-root {input.preprocessed} --results-root {params.results} "
+        "python -m workflow_scripts.train --preprocessed-root {input.preprocessed} --raw-root {input.raw} "
+        "--results-root {params.results} "
         "--dataset-id {params.dataset_id} --modality {wildcards.modality} --trainer {params.trainer} "
-        "--configuration {params.configuration} --fold {wildcards.fold} --splits {input.splits} "
+        "--configuration {params.configuration} --network '{params.network}' --fold {wildcards.fold} --splits {input.splits} "
         "--epochs {params.t[epochs]} --iterations {params.t[iterations_per_epoch]} "
         "--val-iterations {params.t[val_iterations_per_epoch]} --lr {params.t[initial_lr]} "
         "--optimizer {params.t[optimizer]} --save-every {params.t[save_every]} --seed {params.t[seed]} "

@@ -11,6 +11,7 @@ from helpers import REPO, job_counts, snakemake
 
 pytestmark = pytest.mark.workflow
 TINY = REPO / "tests" / "data" / "tiny.yaml"
+MODELS = ["nnunet", "pansegnet", "unet2d", "axunet"]
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +36,25 @@ def test_folds_grouped_by_participant(run_dir):
 
 def test_per_case_tables(run_dir):
     per_case = pd.read_csv(run_dir / "results" / "tables" / "per_case.tsv", sep="\t", keep_default_na=False)
-    assert len(per_case) == 16
+    assert len(per_case) == 16 * len(MODELS) and sorted(per_case.model.unique()) == sorted(MODELS)
     for col in ["case", "dice", "hd95_mm", "precision", "recall", "vol_pred_ml", "vol_ref_ml", "role", "center"]:
         assert col in per_case
-    assert per_case.groupby("role").size().to_dict() == {"external": 4, "train-cv": 12}
+    assert per_case.groupby("role").size().to_dict() == {"external": 4 * len(MODELS), "train-cv": 12 * len(MODELS)}
     dice = per_case.dice.astype(float)
     assert ((dice >= 0) & (dice <= 1)).all()
     assert (per_case.vol_ref_ml.astype(float) > 10).all()
     summary = pd.read_csv(run_dir / "results" / "tables" / "summary.csv")
     assert {"AHN", "NYU", "all external", "all train-cv", "all"} <= set(summary.scope)
-    assert (summary.n[summary.scope == "all"] == 16).all()
+    assert (summary.n[summary.scope == "all"] == 16).all() and len(summary[summary.scope == "all"]) == len(MODELS)
     assert "SYNTHETIC" in (run_dir / "results" / "tables" / "summary.md").read_text()
 
 
-def test_masks_in_original_geometry(run_dir):
+@pytest.mark.parametrize("model", MODELS)
+def test_masks_in_original_geometry(run_dir, model):
     m = pd.read_csv(run_dir / "data" / "manifest.tsv", sep="\t").set_index("case_id")
     for case, kind in [("NYU_0001", "ensemble_masks"), ("AHN_0001", "cv_masks")]:
         center = case.split("_")[0]
-        mask = sitk.ReadImage(str(run_dir / "results" / "T1" / "nnunet" / "centers" / center / kind / f"{case}.nii.gz"))
+        mask = sitk.ReadImage(str(run_dir / "results" / "T1" / model / "centers" / center / kind / f"{case}.nii.gz"))
         image = sitk.ReadImage(str(run_dir / m.image[case]))
         assert mask.GetSize() == image.GetSize()
         assert np.allclose(mask.GetDirection(), image.GetDirection())
@@ -60,8 +62,12 @@ def test_masks_in_original_geometry(run_dir):
         assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
 
 
-def test_training_outputs(run_dir):
-    folds = sorted((run_dir / "results" / "T1" / "nnunet").glob("Dataset901_T1/*/fold_*"))
+@pytest.mark.parametrize("model, run", [("nnunet", "NnUNetTrainer__nnUNetPlans__3d_fullres"),
+                                        ("pansegnet", "PanSegNetTrainer__nnUNetPlans__3d_fullres"),
+                                        ("unet2d", "UNet2DTrainer__nnUNetPlans__2d"),
+                                        ("axunet", "AXUNetTrainer__nnUNetPlans__2d")])
+def test_training_outputs(run_dir, model, run):
+    folds = sorted((run_dir / "results" / "T1" / model / "Dataset901_T1" / run).glob("fold_*"))
     assert len(folds) == 5
     for f in folds:
         assert (f / "checkpoint_final.pth").exists() and (f / "train_info.json").exists()
@@ -82,7 +88,7 @@ def test_new_budget_retrains_only_training_and_after(run_dir, tmp_path):
     path = tmp_path / "more.yaml"
     path.write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--configfile", str(path), workdir=run_dir, timeout=120).stdout)
-    assert counts.get("train") == 5
+    assert counts.get("train") == 5 * len(MODELS)
     for upstream in ("synthetic_source", "prepare_center", "preprocess", "split", "nnunet_raw"):
         assert upstream not in counts
 
@@ -96,7 +102,8 @@ def test_interrupted_training_resumes(run_dir, tmp_path):
     import time
 
     args = [sys.executable, "-m", "workflow_scripts.train", "--preprocessed-root",
-            str(run_dir / "data" / "nnunet_preprocessed" / "T1"), "--results-root", str(tmp_path / "res"),
+            str(run_dir / "data" / "nnunet_preprocessed" / "T1"), "--raw-root", str(run_dir / "data" / "nnunet_raw" / "T1"),
+            "--results-root", str(tmp_path / "res"),
             "--dataset-id", "901", "--modality", "T1", "--trainer", "workflow_scripts.trainers.nnunet:NnUNetTrainer",
             "--fold", "0", "--splits", str(run_dir / "data" / "splits" / "T1.json"), "--epochs", "6",
             "--iterations", "2", "--val-iterations", "1", "--save-every", "1", "--optimizer", "adamw", "--lr", "0.003",

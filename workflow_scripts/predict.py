@@ -36,10 +36,24 @@ def load_checkpoint(path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def make_predictor(network, plans_manager, configuration_manager, parameters, dataset_json, trainer_name: str,
+                   device, mirroring: bool, mirror_axes, step_size: float = 0.5):
+    """nnU-Net's predictor around a built network and a list of state dicts (one per fold)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    if mirroring and mirror_axes is None:
+        mirror_axes = tuple(range(len(configuration_manager.patch_size)))
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(network.to(device), plans_manager, configuration_manager, parameters, dataset_json,
+                                    trainer_name, mirror_axes if mirroring else None)
+    return predictor
+
+
 def load_ensemble(model_folder, fold_checkpoints, trainer_path: str, configuration: str, device,
                   mirroring: bool = False, step_size: float = 0.5):
-    """An nnUNetPredictor holding every fold's weights (predictions are averaged over folds)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    """An nnUNetPredictor holding every fold's weights (fold logits are averaged, as nnU-Net does)."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -55,17 +69,11 @@ def load_ensemble(model_folder, fold_checkpoints, trainer_path: str, configurati
         ck = load_checkpoint(ck_path)
         parameters.append(ck["network_weights"])
         mirror_axes = ck.get("inference_allowed_mirroring_axes")
-    if mirroring and mirror_axes is None:
-        mirror_axes = tuple(range(len(conf.patch_size)))
     n_in = determine_num_input_channels(plans_manager, conf, dataset_json)
     n_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     network = trainer_cls.build_network_architecture(plans_manager, conf, n_in, n_out, enable_deep_supervision=False)
-    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.manual_initialization(network, plans_manager, conf, parameters, dataset_json, trainer_cls.__name__,
-                                    mirror_axes if mirroring else None)
-    return predictor
+    return make_predictor(network, plans_manager, conf, parameters, dataset_json, trainer_cls.__name__, device,
+                          mirroring, mirror_axes, step_size)
 
 
 def predict_cases(predictor, cases: pd.DataFrame, out_dir) -> pd.DataFrame:
