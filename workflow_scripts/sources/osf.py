@@ -165,9 +165,10 @@ def fetch(settings: dict, out, downloads, name: str = "osf") -> dict:
         raise InputError(start, f"two archives would extract into the same folder: {sorted(stems)}")
     log.info("%s: %d files selected: %s", name, len(files), ", ".join(f"{f.path} ({f.size} B)" for f in files))
 
+    expected = {f.path: expected_for(f, s["pins"].get(f.path)) for f in files}  # all checked before any download
     record, fetched = [], 0
     for f in files:
-        exp = expected_for(f, s["pins"].get(f.path))
+        exp = expected[f.path]
         local = downloads / f.path.lstrip("/")
         status = download(session, f.url, local, exp, policy, name=f.path.lstrip("/"))
         fetched += status == "downloaded"
