@@ -156,7 +156,8 @@ def mapping_arg(wildcards):
     if not mc["mapping"]:
         return ""
     # Quoted: PanSegData keeps its mapping files in "Meta informations" (with a space).
-    return "--mapping " + shlex.quote(f"{raw_dir(wildcards.modality, wildcards.center)}/{mc['mapping']}")
+    path = f"{raw_dir(wildcards.modality, wildcards.center)}/{mc['mapping']}"
+    return f"--mapping {shlex.quote(path)}"
 
 
 def fold_checkpoints(wildcards):

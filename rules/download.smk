@@ -18,10 +18,10 @@ rule synthetic_source:
         directory(f"{DATA}/raw/{{source}}"),
     log:
         f"{DATA}/logs/source_{{source}}.log",
-    conda:
-        "../envs/data.yaml"
     wildcard_constraints:
         source=sources_of_type("synthetic"),
+    conda:
+        "../envs/data.yaml"
     params:
         modalities=source_param("modalities"),
         centers=source_param("centers"),
@@ -38,10 +38,10 @@ rule osf_source:
         directory(f"{DATA}/raw/{{source}}"),
     log:
         f"{DATA}/logs/source_{{source}}.log",
-    conda:
-        "../envs/data.yaml"
     wildcard_constraints:
         source=sources_of_type("osf"),
+    conda:
+        "../envs/data.yaml"
     params:
         settings=source_settings,
         downloads=download_cache,
@@ -56,10 +56,10 @@ rule url_source:
         directory(f"{DATA}/raw/{{source}}"),
     log:
         f"{DATA}/logs/source_{{source}}.log",
-    conda:
-        "../envs/data.yaml"
     wildcard_constraints:
         source=sources_of_type("url"),
+    conda:
+        "../envs/data.yaml"
     params:
         settings=source_settings,
         downloads=download_cache,
@@ -76,10 +76,10 @@ rule local_source:
         directory(f"{DATA}/raw/{{source}}"),
     log:
         f"{DATA}/logs/source_{{source}}.log",
-    conda:
-        "../envs/data.yaml"
     wildcard_constraints:
         source=sources_of_type("local"),
+    conda:
+        "../envs/data.yaml"
     params:
         settings=source_settings,
     shell:
