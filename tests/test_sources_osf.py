@@ -152,3 +152,9 @@ def test_zip_with_parent_entry_is_refused(tmp_path):
         server.stop()
     assert not (tmp_path / "raw" / "osf").exists()
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_token_is_not_sent_over_plain_http_to_another_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_OSF_TOKEN", "s3cr3t")
+    with pytest.raises(DownloadError, match="plain http"):
+        osf.fetch({"api_url": "http://osf.example.org/v2", "token_env": "TEST_OSF_TOKEN"}, tmp_path / "o", tmp_path / "d")

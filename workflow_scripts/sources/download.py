@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 import urllib3
@@ -75,6 +76,13 @@ def make_session(token: str | None = None) -> requests.Session:
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
     return session
+
+
+def check_token_transport(url: str, token: str | None) -> None:
+    """Refuse to send a token in clear text (plain http), except to this machine (tests)."""
+    parsed = urlparse(url)
+    if token and parsed.scheme != "https" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise DownloadError(url, "refusing to send the access token over plain http")
 
 
 def token_from_env(var: str | None) -> str | None:

@@ -27,13 +27,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from ..atomic import write_text
 from ..errors import InputError
 from .archive import archive_stem, is_archive_name, safe_extract
 from .common import building, cli, place_copy, retry_policy
-from .download import DownloadError, Expected, download, get_json, make_session, token_from_env
+from .download import (DownloadError, Expected, check_token_transport, download, get_json, make_session,
+                       token_from_env)
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,7 @@ def fetch(settings: dict, out, downloads, name: str = "osf") -> dict:
     policy = retry_policy(s)
     api = s["api_url"].rstrip("/")
     token = token_from_env(s.get("token_env"))
-    host = urlparse(api).hostname or ""
-    if token and urlparse(api).scheme != "https" and host not in ("127.0.0.1", "localhost", "::1"):
-        raise InputError(api, "refusing to send the access token over plain http")
+    check_token_transport(api, token)
     session = make_session(token)
     start = f"{api}/nodes/{s['node']}/files/{s['provider']}/"
     log.info("%s: listing OSF node %s (%s) for %s", name, s["node"], start, s["files"])

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 from ..errors import InputError
 from .archive import archive_stem, safe_extract
 from .common import cli, retry_policy
-from .download import Expected, download, file_digest, make_session, token_from_env
+from .download import Expected, check_token_transport, download, file_digest, make_session, token_from_env
 from .layout import import_dataset
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ def fetch(settings: dict, out, downloads, name: str = "url") -> dict:
     downloads = Path(downloads) if downloads else out.parent / f"{out.name}.downloads"
     filename = settings.get("filename") or Path(unquote(urlparse(url).path)).name or "download"
     archive = downloads / filename
-    session = make_session(token_from_env(settings.get("token_env")))
+    token = token_from_env(settings.get("token_env"))
+    check_token_transport(url, token)
+    session = make_session(token)
     download(session, url, archive, exp, retry_policy(settings), name=filename)
     if not exp.sha256:
         log.info("%s: sha256 %s (pin it as the source's sha256 to check it on the next download)", filename,
