@@ -49,6 +49,7 @@ def test_good_config_is_valid_and_gets_defaults():
         (lambda c: c["sources"]["osf"].update(pins={"/t1.zip": {"sha256": "abc"}}), "abc"),
         (lambda c: c["sources"]["nih"].pop("path"), "path"),
         (lambda c: c["sources"]["nih"].update(type="ftp"), "ftp"),
+        (lambda c: c["sources"].update({"my/data": {"type": "local", "path": "x"}}), "my/data"),
     ],
 )
 def test_schema_names_the_bad_key(edit, key):

@@ -12,7 +12,7 @@ from conftest import write_nifti
 from fake_osf import StaticServer
 from source_data import SHAPE, case_pair, decathlon_tree, panseg_tree, tar_folder
 from workflow_scripts.errors import InputError
-from workflow_scripts.prepare import prepare_center
+from workflow_scripts.prepare import load_participants, prepare_center
 from workflow_scripts.sources import local, url
 from workflow_scripts.sources.download import DownloadError
 
@@ -150,3 +150,14 @@ def test_nnunet_layout_needs_a_center(tmp_path):
     case_pair(src / "imagesTr" / "x_001_0000.nii.gz", src / "labelsTr" / "x_001.nii.gz")
     with pytest.raises(InputError, match="needs the source's `center`"):
         local.fetch({"path": str(src)}, tmp_path / "out")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_name_mapping_in_either_direction(tmp_path, reverse):
+    """The released files' direction could not be checked: {original: id} and {id: original} both work."""
+    mapping = {"AHN-P7-V1": "AHN_0001_0000.nii.gz", "AHN-P7-V2": "AHN_0002", "dropped": "Not included"}
+    if reverse:
+        mapping = {"AHN_0001": "AHN-P7-V1", "AHN_0002.nii.gz": "AHN-P7-V2"}
+    path = tmp_path / "T1-name_mapping.json"
+    path.write_text(json.dumps(mapping))
+    assert load_participants(path, r"^(?P<participant>[A-Z]+-P\d+)-V\d+$") == {"AHN_0001": "AHN-P7", "AHN_0002": "AHN-P7"}

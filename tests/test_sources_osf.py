@@ -158,3 +158,14 @@ def test_token_is_not_sent_over_plain_http_to_another_host(tmp_path, monkeypatch
     monkeypatch.setenv("TEST_OSF_TOKEN", "s3cr3t")
     with pytest.raises(DownloadError, match="plain http"):
         osf.fetch({"api_url": "http://osf.example.org/v2", "token_env": "TEST_OSF_TOKEN"}, tmp_path / "o", tmp_path / "d")
+
+
+def test_partial_file_of_an_earlier_run_is_resumed(osf_study, tmp_path):
+    server, _ = osf_study
+    part = tmp_path / "downloads" / "osf" / "Pancreas_MRI_Dataset" / "t1.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(server.files[T1][:1000])  # what an interrupted run left behind
+    fetch(server, tmp_path)
+    (only,) = server.downloads(T1)
+    assert only.range_start == 1000 and only.bytes_sent == len(server.files[T1]) - 1000
+    assert not part.exists()
