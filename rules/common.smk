@@ -1,5 +1,7 @@
 # Helpers shared by all rule files (config views, paths, input functions).
 import json
+import re
+import shlex
 from pathlib import Path
 
 # Built-in models; config's model_catalog adds models or overrides these key by key.
@@ -14,6 +16,9 @@ MODEL_CATALOG = {
     for name, entry in {**{n: {} for n in BUILTIN_MODELS}, **config["model_catalog"]}.items()
 }
 DATA = config["data_dir"]
+# Downloaded files live outside data/raw: Snakemake deletes a job's outputs before it runs and
+# after it fails, and a download cache there could not resume.
+DOWNLOADS = config["downloads_dir"] or f"{DATA}/downloads"
 RESULTS = config["results_dir"]
 MODALITIES = list(config["modalities"])
 MODELS = list(config["models"])
@@ -28,6 +33,19 @@ def _check_config():
         both = set(mc["train_centers"]) & set(mc["external_centers"])
         if both:
             raise ValueError(f"modalities.{m}: centers {sorted(both)} are both train_centers and external_centers")
+        for center, source in mc["center_sources"].items():
+            if center not in mc["train_centers"] + mc["external_centers"]:
+                raise ValueError(f"modalities.{m}.center_sources: {center!r} is not one of the modality's centers")
+            if source not in config["sources"]:
+                raise ValueError(f"modalities.{m}.center_sources.{center}: {source!r} is not a key of sources")
+        for center in mc["train_centers"] + mc["external_centers"]:
+            name = mc["center_sources"].get(center, mc["source"])
+            renamed = config["sources"][name].get("center")
+            if renamed and renamed != center:
+                raise ValueError(
+                    f"modalities.{m}: center {center} reads source {name!r}, whose cases become center {renamed}; "
+                    f"route {center} to its own source with modalities.{m}.center_sources"
+                )
     ids = [mc["dataset_id"] for mc in config["modalities"].values()]
     if len(ids) != len(set(ids)):
         raise ValueError(f"modalities.*.dataset_id must differ between modalities, got {ids}")
@@ -60,9 +78,23 @@ def is_synthetic():
     return any(s["type"] == "synthetic" for s in config["sources"].values())
 
 
-def data_source_label(modality):
-    source = config["modalities"][modality]["source"]
-    return "synthetic" if config["sources"][source]["type"] == "synthetic" else source
+def center_source(modality, center):
+    """The source a center's scans come from: modalities.<m>.center_sources, else the modality's source."""
+    mc = config["modalities"][modality]
+    return mc["center_sources"].get(center, mc["source"])
+
+
+def data_source_label(modality, center=None):
+    """'synthetic' for the demo, else the source name(s) ('msd+nih' for a modality drawing on two)."""
+    names = [center_source(modality, center)] if center else [center_source(modality, c) for c in centers(modality)]
+    labels = {"synthetic" if config["sources"][n]["type"] == "synthetic" else n for n in names}
+    return "+".join(sorted(labels))
+
+
+def sources_of_type(kind):
+    """Regex for the {source} wildcard of the rule that builds sources of this type (never matches if none)."""
+    names = [n for n, s in config["sources"].items() if s["type"] == kind]
+    return "|".join(re.escape(n) for n in sorted(names)) if names else "(?!)"
 
 
 def nnunet_dataset(modality):
@@ -97,8 +129,9 @@ def training_params():
 
 
 # ---- paths of rule outputs -------------------------------------------------------------
-def raw_dir(modality):
-    return f"{DATA}/raw/{config['modalities'][modality]['source']}"
+def raw_dir(modality, center=None):
+    source = center_source(modality, center) if center else config["modalities"][modality]["source"]
+    return f"{DATA}/raw/{source}"
 
 
 def center_table(modality, center):
@@ -118,6 +151,11 @@ def raw_for_modality(wildcards):
     return raw_dir(wildcards.modality)
 
 
+def raw_for_center(wildcards):
+    """Only this center's source: a new center's source does not re-run other centers' jobs."""
+    return raw_dir(wildcards.modality, wildcards.center)
+
+
 def train_center_tables(wildcards):
     return [center_table(wildcards.modality, c) for c in centers(wildcards.modality, "train-cv")]
 
@@ -128,7 +166,11 @@ def all_center_tables(wildcards):
 
 def mapping_arg(wildcards):
     mc = config["modalities"][wildcards.modality]
-    return f"--mapping {raw_dir(wildcards.modality)}/{mc['mapping']}" if mc["mapping"] else ""
+    if not mc["mapping"]:
+        return ""
+    # Quoted: PanSegData keeps its mapping files in "Meta informations" (with a space).
+    path = f"{raw_dir(wildcards.modality, wildcards.center)}/{mc['mapping']}"
+    return f"--mapping {shlex.quote(path)}"
 
 
 def fold_checkpoints(wildcards):
@@ -178,6 +220,25 @@ def role_of_center(wildcards):
 
 def data_source_of_modality(wildcards):
     return data_source_label(wildcards.modality)
+
+
+def data_source_of_center(wildcards):
+    return data_source_label(wildcards.modality, wildcards.center)
+
+
+# ---- sources (rules/download.smk) ----------------------------------------------------------
+def source_settings(wildcards):
+    """The source's config block (minus `type`) as one shell-quoted JSON argument."""
+    settings = {k: v for k, v in config["sources"][wildcards.source].items() if k != "type"}
+    return shlex.quote(json.dumps(settings, sort_keys=True))
+
+
+def download_cache(wildcards):
+    return f"{DOWNLOADS}/{wildcards.source}"
+
+
+def local_source_path(wildcards):
+    return config["sources"][wildcards.source]["path"]
 
 
 def model_param(key):

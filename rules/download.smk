@@ -1,4 +1,15 @@
 # Sources of raw scans -> data/raw/<source>/ in the PanSegData raw layout.
+# Every rule builds data/raw/{source}; each takes only the source names of its own type
+# (wildcard_constraints from rules/common.smk). Downloaded files are cached in
+# <downloads_dir>/<source>/ (default data/downloads), outside the rule's output, so an
+# interrupted download resumes on the next run and a re-run job downloads nothing.
+
+
+# Downloads need the internet, which cluster compute nodes often lack: run them where
+# Snakemake itself runs.
+localrules:
+    osf_source,
+    url_source,
 
 
 rule synthetic_source:
@@ -7,6 +18,8 @@ rule synthetic_source:
         directory(f"{DATA}/raw/{{source}}"),
     log:
         f"{DATA}/logs/source_{{source}}.log",
+    wildcard_constraints:
+        source=sources_of_type("synthetic"),
     conda:
         "../envs/data.yaml"
     params:
@@ -17,3 +30,58 @@ rule synthetic_source:
     shell:
         "python -m workflow_scripts.synthetic --out {output} --modalities {params.modalities} "
         "--centers {params.centers} --cases-per-center {params.cases} --seed {params.seed} > {log} 2>&1"
+
+
+rule osf_source:
+    """Files of an OSF node (PanSegData: t1.zip, t2.zip, name mappings, LICENSE.txt), verified and extracted."""
+    output:
+        directory(f"{DATA}/raw/{{source}}"),
+    log:
+        f"{DATA}/logs/source_{{source}}.log",
+    wildcard_constraints:
+        source=sources_of_type("osf"),
+    conda:
+        "../envs/data.yaml"
+    params:
+        settings=source_settings,
+        downloads=download_cache,
+    shell:
+        "python -m workflow_scripts.sources.osf --name {wildcards.source} --out {output} "
+        "--downloads {params.downloads} --settings {params.settings} > {log} 2>&1"
+
+
+rule url_source:
+    """One archive with a pinned checksum (e.g. the Decathlon's Task07_Pancreas.tar), imported."""
+    output:
+        directory(f"{DATA}/raw/{{source}}"),
+    log:
+        f"{DATA}/logs/source_{{source}}.log",
+    wildcard_constraints:
+        source=sources_of_type("url"),
+    conda:
+        "../envs/data.yaml"
+    params:
+        settings=source_settings,
+        downloads=download_cache,
+    shell:
+        "python -m workflow_scripts.sources.url --name {wildcards.source} --out {output} "
+        "--downloads {params.downloads} --settings {params.settings} > {log} 2>&1"
+
+
+rule local_source:
+    """A folder the user has (nnU-Net raw, Decathlon or PanSegData layout; e.g. converted NIH Pancreas-CT)."""
+    input:
+        local_source_path,
+    output:
+        directory(f"{DATA}/raw/{{source}}"),
+    log:
+        f"{DATA}/logs/source_{{source}}.log",
+    wildcard_constraints:
+        source=sources_of_type("local"),
+    conda:
+        "../envs/data.yaml"
+    params:
+        settings=source_settings,
+    shell:
+        "python -m workflow_scripts.sources.local --name {wildcards.source} --out {output} "
+        "--settings {params.settings} > {log} 2>&1"

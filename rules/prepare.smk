@@ -4,7 +4,7 @@
 rule prepare_center:
     """Validate one center's scans (one job per modality x center: a new center touches only itself)."""
     input:
-        raw=raw_for_modality,
+        raw=raw_for_center,
     output:
         cases=f"{DATA}/prepared/{{modality}}/{{center}}.tsv",
         excluded=f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv",
@@ -17,7 +17,7 @@ rule prepare_center:
         mapping=mapping_arg,
         regex=modality_param("participant_regex"),
         role=role_of_center,
-        source=data_source_of_modality,
+        source=data_source_of_center,
         on_bad=config["prepare"]["on_bad_case"],
         header=config["prepare"]["label_header_mismatch"],
         fixed=f"{DATA}/prepared/{{modality}}/fixed_labels",

@@ -33,6 +33,7 @@ MANIFEST_COLUMNS = ["case_id", "modality", "center", "participant_id", "image", 
                     "data_source", "spacing", "label_voxels", "notes"]
 IMAGE_RE = re.compile(r"^(?P<case>(?P<center>[A-Za-z0-9]+)_(?P<num>\d+))_0000\.nii(\.gz)?$")
 LABEL_RE = re.compile(r"^(?P<case>(?P<center>[A-Za-z0-9]+)_(?P<num>\d+))\.nii(\.gz)?$")
+CASE_ID_RE = re.compile(r"^[A-Za-z0-9]+_\d+(_0000)?(\.nii(\.gz)?)?$")
 
 
 def find_dataset_dirs(root) -> tuple[Path, Path]:
@@ -52,7 +53,8 @@ def find_dataset_dirs(root) -> tuple[Path, Path]:
 def load_participants(mapping_file, participant_regex: str) -> dict[str, str]:
     """Map anonymised case id -> participant id from a PanSegData name-mapping JSON.
 
-    The file maps original scan names to anonymised ids; "Not included" entries are skipped.
+    The file maps original scan names to anonymised ids (the reverse direction is recognised
+    too); "Not included" entries are skipped.
     `participant_regex` pulls the participant out of the original name (named group
     ``participant``, or the first group).
     """
@@ -65,7 +67,15 @@ def load_participants(mapping_file, participant_regex: str) -> dict[str, str]:
         raise InputError(path, f"is not valid JSON ({exc})") from None
     if not isinstance(mapping, dict):
         raise InputError(path, "expected a JSON object mapping original names to case ids")
-    rx = re.compile(participant_regex)
+    # The direction of the released files could not be checked (PanSegData's files were not
+    # readable to us): accept {original: case id} and its reverse {case id: original}, telling
+    # them apart by which side holds <CENTER>_<NNNN> ids.
+    keys_are_ids = mapping and all(CASE_ID_RE.match(str(k)) for k in mapping)
+    values_are_ids = all(CASE_ID_RE.match(str(v)) for v in mapping.values()
+                         if isinstance(v, str) and v.strip().lower() != "not included")
+    if keys_are_ids and not values_are_ids:
+        mapping = {v: k for k, v in mapping.items() if isinstance(v, str)}
+    rx = re.compile(participant_regex or "^(?P<participant>.+)$")
     out: dict[str, str] = {}
     for original, case in mapping.items():
         if not isinstance(case, str) or case.strip().lower() == "not included":

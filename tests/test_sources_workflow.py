@@ -1,0 +1,103 @@
+"""Snakemake from nothing to a validated manifest with real-data sources (local servers only)."""
+
+import hashlib
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from fake_osf import StaticServer
+from helpers import REPO, job_counts, snakemake
+from source_data import case_pair, decathlon_tree, osf_settings, study_server, tar_folder
+
+TAR = "/Task07_Pancreas.tar"
+
+
+@pytest.fixture
+def servers(tmp_path):
+    osf, _ = study_server(tmp_path)
+    decathlon_tree(tmp_path / "build_msd")
+    msd = StaticServer()
+    msd.add(TAR, tar_folder(tmp_path / "build_msd"))
+    osf.start()
+    msd.start()
+    yield osf, msd
+    osf.stop()
+    msd.stop()
+
+
+def study_config(tmp_path, osf, msd) -> dict:
+    nih = tmp_path / "nih_nifti"
+    for n in (1, 2, 25):
+        case_pair(nih / "imagesTr" / f"PANCREAS_{n:04d}.nii.gz", nih / "labelsTr" / f"PANCREAS_{n:04d}.nii.gz", seed=n)
+    data = msd.files[TAR]
+    regex = r"^(?P<participant>[A-Z]+-P\d+)-V\d+$"
+    return {
+        "study": "sources-test",
+        "sources": {
+            "osf": {"type": "osf", **osf_settings(osf)},
+            "msd": {"type": "url", "url": msd.url(TAR), "md5": hashlib.md5(data).hexdigest(), "size": len(data),
+                    "filename": "Task07_Pancreas.tar", "layout": "decathlon", "center": "MSD",
+                    "foreground_labels": [1, 2], "retries": 2, "backoff_s": 0.01, "timeout_s": 5},
+            "nih": {"type": "local", "path": str(nih), "layout": "decathlon", "center": "NIH", "drop_cases": [25]},
+        },
+        "modalities": {
+            "CT": {"source": "msd", "center_sources": {"NIH": "nih"}, "mapping": "name_mapping.json",
+                   "dataset_id": 109, "train_centers": ["MSD"], "external_centers": ["NIH"]},
+            "T1": {"source": "osf", "folder": "t1", "mapping": "Meta informations/T1-name_mapping.json",
+                   "participant_regex": regex, "dataset_id": 110, "train_centers": ["AHN"],
+                   "external_centers": ["MCF"]},
+            "T2": {"source": "osf", "folder": "t2", "mapping": "Meta informations/T2-name_mapping.json",
+                   "participant_regex": regex, "dataset_id": 111, "train_centers": ["NYU"]},
+        },
+        "prepare": {"on_bad_case": "error", "label_header_mismatch": "use_image"},
+        "models": ["nnunet"],
+    }
+
+
+def test_download_prepare_manifest(servers, tmp_path):
+    osf, msd = servers
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = work / "study.yaml"
+    cfg.write_text(yaml.safe_dump(study_config(tmp_path, osf, msd)))
+    dry = snakemake("data/manifest.tsv", "-n", "--configfile", str(cfg), workdir=work, timeout=120)
+    counts = job_counts(dry.stdout)
+    assert counts == {"osf_source": 1, "url_source": 1, "local_source": 1, "prepare_center": 5, "manifest": 1}
+    assert osf.requests == [] and msd.requests == []  # a dry run touches no server
+
+    snakemake("data/manifest.tsv", "--cores", "2", "--configfile", str(cfg), workdir=work, timeout=180)
+    m = pd.read_csv(work / "data" / "manifest.tsv", sep="\t", keep_default_na=False)
+    assert m.groupby(["modality", "center"]).size().to_dict() == {
+        ("CT", "MSD"): 3, ("CT", "NIH"): 2, ("T1", "AHN"): 2, ("T1", "MCF"): 2, ("T2", "NYU"): 2}
+    assert m.set_index("case_id").loc["NIH_0002", "data_source"] == "nih"
+    assert set(m[m.modality == "T1"].data_source) == {"osf"}
+    assert m[m.modality == "T1"].participant_id.tolist() == ["AHN-P1", "AHN-P2", "MCF-P1", "MCF-P2"]
+    assert set(m[m.center == "MSD"].participant_id) == {"pancreas_001", "pancreas_004", "pancreas_007"}
+    log = (work / "data" / "logs" / "source_osf.log").read_text()
+    assert "done and verified" in log and "%)" in log  # progress with bytes and percentage
+    n_downloads = len(osf.downloads()) + len(msd.downloads())
+
+    again = snakemake("data/manifest.tsv", "--cores", "2", "--configfile", str(cfg), workdir=work, timeout=120)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # even a forced re-run of the sources downloads nothing: the cache is verified and reused
+    snakemake("data/raw/osf", "data/raw/msd", "--cores", "2", "--forcerun", "osf_source", "url_source",
+              "--configfile", str(cfg), workdir=work, timeout=120)
+    assert len(osf.downloads()) + len(msd.downloads()) == n_downloads
+
+
+def test_paper_config_dry_run(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    (tmp_path / "data" / "local" / "nih_pancreas_ct").mkdir(parents=True)
+    proc = snakemake("-n", "--configfile", "config/paper.yaml", workdir=tmp_path, timeout=120)
+    counts = job_counts(proc.stdout)
+    assert counts["osf_source"] == 1 and counts["url_source"] == 1 and counts["local_source"] == 1
+    assert counts["prepare_center"] == 2 + 5 + 5  # CT: MSD, NIH; T1 and T2: five centers each
+    assert counts["train"] == 3 * 5 and counts["predict_external"] == 1  # NIH is CT's external center
+
+
+def test_paper_config_without_nih_folder_names_it(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    proc = snakemake("-n", "--configfile", "config/paper.yaml", workdir=tmp_path, timeout=120, check=False)
+    assert proc.returncode != 0 and "data/local/nih_pancreas_ct" in proc.stdout + proc.stderr
