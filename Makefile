@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
-	@echo "Tables: results/tables/  (SYNTHETIC demo data)"
+	@echo "Tables: results/demo/tables/  (SYNTHETIC demo data)"
 
 test: $(STAMP)
 	$(BIN)/pytest -q
