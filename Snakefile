@@ -46,3 +46,4 @@ rule all:
     input:
         manifest_file(),
         summary_tables(),
+        loco_metrics_all(),

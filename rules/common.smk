@@ -49,6 +49,12 @@ def _check_config():
     ids = [mc["dataset_id"] for mc in config["modalities"].values()]
     if len(ids) != len(set(ids)):
         raise ValueError(f"modalities.*.dataset_id must differ between modalities, got {ids}")
+    for m, mc in config["modalities"].items():
+        if mc["leave_one_center_out"] and len(mc["train_centers"]) < 2:
+            raise ValueError(f"modalities.{m}.leave_one_center_out needs at least two train_centers")
+    for model in config["loco_models"]:
+        if model not in config["models"]:
+            raise ValueError(f"loco_models: {model!r} is not in models")
     for model in MODELS:
         if model not in MODEL_CATALOG:
             raise ValueError(f"models: {model!r} is neither built in nor in model_catalog ({sorted(MODEL_CATALOG)})")
@@ -105,12 +111,18 @@ def model_conf(model):
     return MODEL_CATALOG[model]
 
 
-def fold_dir(modality, model, fold):
-    """nnU-Net's own output layout under results/<modality>/<model> (nnUNet_results)."""
+def model_root(modality, model, experiment="cv"):
+    """nnUNet_results of one model: results/<modality>/<model> (5-fold CV) or .../loco."""
+    root = Path(RESULTS, modality, model)
+    return str(root / "loco") if experiment == "loco" else str(root)
+
+
+def fold_dir(modality, model, fold, experiment="cv"):
+    """nnU-Net's own output layout under the model's nnUNet_results."""
     m = model_conf(model)
     trainer_class = m["trainer"].partition(":")[2]
     return (
-        f"{RESULTS}/{modality}/{model}/{nnunet_dataset(modality)}/"
+        f"{model_root(modality, model, experiment)}/{nnunet_dataset(modality)}/"
         f"{trainer_class}__nnUNetPlans__{m['configuration']}/fold_{fold}"
     )
 
@@ -190,6 +202,36 @@ def center_masks(wildcards):
     return f"{RESULTS}/{wildcards.modality}/{wildcards.model}/centers/{wildcards.center}/{kind}"
 
 
+LOCO_MODELS = list(config["loco_models"]) or MODELS
+
+
+def loco_modalities():
+    return [m for m in MODALITIES if config["modalities"][m]["leave_one_center_out"]]
+
+
+def loco_index(modality, center):
+    """Fold number of the model that leaves `center` out (training centers in sorted order)."""
+    return sorted(centers(modality, "train-cv")).index(center)
+
+
+def checked_loco_results_root(wildcards):
+    return _checked_root(wildcards, "loco")
+
+
+def loco_validation(wildcards):
+    fold = loco_index(wildcards.modality, wildcards.center)
+    return f"{fold_dir(wildcards.modality, wildcards.model, fold, 'loco')}/validation"
+
+
+def loco_metrics_all(wildcards=None):
+    return [
+        f"{RESULTS}/{m}/{model}/centers/{c}/loco_metrics.tsv"
+        for m in loco_modalities()
+        for model in LOCO_MODELS
+        for c in centers(m, "train-cv")
+    ]
+
+
 def center_metrics_all(wildcards=None):
     return [
         f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for m in MODALITIES for model in MODELS for c in centers(m)
@@ -212,6 +254,11 @@ def modality_param(key):
         return config["modalities"][wildcards.modality][key]
 
     return get
+
+
+def setting_of_center(wildcards):
+    """How a center's cases were predicted: out-of-fold (5-fold CV) or by the ensemble (external)."""
+    return "5-fold-cv" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "external"
 
 
 def role_of_center(wildcards):
@@ -260,6 +307,34 @@ def center_cases(wildcards):
     return center_table(wildcards.modality, wildcards.center)
 
 
+def files_listed(modality, center, columns):
+    """Files a prepared center table lists.
+
+    Declaring them as inputs lets Snakemake notice a label or image edited in place, which the
+    source's folder output cannot show: an external center's new labels then re-run only its
+    evaluation; a training center's re-run training, as they must. prepare_center is a
+    checkpoint, so these inputs are known (and stay the same) from the first run on.
+    """
+    table = Path(checkpoints.prepare_center.get(modality=modality, center=center).output.cases)
+    import csv
+
+    with table.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return sorted({row[c] for row in rows for c in columns if row.get(c)})
+
+
+def center_label_files(wildcards):
+    return files_listed(wildcards.modality, wildcards.center, ["label"])
+
+
+def train_center_files(wildcards):
+    return [
+        f
+        for c in centers(wildcards.modality, "train-cv")
+        for f in files_listed(wildcards.modality, c, ["image", "label"])
+    ]
+
+
 def nnunet_configurations(wildcards=None):
     """The nnU-Net configurations the chosen models need (e.g. 3d_fullres, 2d)."""
     return sorted({model_conf(m)["configuration"] for m in MODELS})
@@ -270,10 +345,15 @@ def target_spacing_arg():
     return "--target-spacing " + " ".join(str(s) for s in spacing) if spacing else ""
 
 
-def checked_results_root(wildcards):
+def _checked_root(wildcards, experiment):
     """nnUNet_results of a training job; refuses a {run} folder that is not this model's."""
-    expected = fold_dir(wildcards.modality, wildcards.model, wildcards.fold)
-    asked = f"{RESULTS}/{wildcards.modality}/{wildcards.model}/{wildcards.run}/fold_{wildcards.fold}"
+    root = model_root(wildcards.modality, wildcards.model, experiment)
+    expected = fold_dir(wildcards.modality, wildcards.model, wildcards.fold, experiment)
+    asked = f"{root}/{wildcards.run}/fold_{wildcards.fold}"
     if expected != asked:
         raise ValueError(f"{asked}: model {wildcards.model} trains into {expected}")
-    return f"{RESULTS}/{wildcards.modality}/{wildcards.model}"
+    return root
+
+
+def checked_results_root(wildcards):
+    return _checked_root(wildcards, "cv")

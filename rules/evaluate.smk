@@ -5,12 +5,28 @@ rule evaluate_center:
     input:
         cases=center_cases,
         masks=center_masks,
+        labels=center_label_files,
     output:
         f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/metrics.tsv",
     log:
         f"{RESULTS}/logs/evaluate/{{modality}}/{{model}}/{{center}}.log",
     conda:
         "../envs/analysis.yaml"
+    params:
+        setting=setting_of_center,
     shell:
         "python -m workflow_scripts.evaluate --cases {input.cases} --pred {input.masks} --model {wildcards.model} "
-        "--out {output} > {log} 2>&1"
+        "--setting {params.setting} --out {output} > {log} 2>&1"
+
+
+use rule evaluate_center as evaluate_loco with:
+    input:
+        cases=center_cases,
+        masks=f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_masks",
+        labels=center_label_files,
+    output:
+        f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_metrics.tsv",
+    log:
+        f"{RESULTS}/logs/evaluate_loco/{{modality}}/{{model}}/{{center}}.log",
+    params:
+        setting="held-out-center",

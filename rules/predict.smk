@@ -47,3 +47,13 @@ rule predict_external:
         "--checkpoints {input.checkpoints} --trainer {params.trainer} --configuration {params.configuration} "
         "--out {output} {params.mirroring} --step-size {params.step} --device {params.device} "
         "--threads {threads} > {log} 2>&1"
+
+
+use rule collect_cv_masks as collect_loco_masks with:
+    input:
+        cases=center_cases,
+        validation=loco_validation,
+    output:
+        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_masks"),
+    log:
+        f"{RESULTS}/logs/collect_loco_masks/{{modality}}/{{model}}/{{center}}.log",

@@ -1,8 +1,11 @@
 # Raw files -> validated per-center manifest rows -> manifest, nnU-Net raw dataset and folds.
 
 
-rule prepare_center:
-    """Validate one center's scans (one job per modality x center: a new center touches only itself)."""
+checkpoint prepare_center:
+    """Validate one center's scans (one job per modality x center: a new center touches only itself).
+
+    A checkpoint: later rules list the files named in its table as their inputs.
+    """
     input:
         raw=raw_for_center,
     output:
@@ -49,7 +52,8 @@ rule manifest:
 rule nnunet_raw:
     """One modality's nnU-Net raw dataset from its training centers (links, not copies)."""
     input:
-        train_center_tables,
+        tables=train_center_tables,
+        files=train_center_files,
     output:
         directory(f"{DATA}/nnunet_raw/{{modality}}"),
     log:
@@ -60,7 +64,7 @@ rule nnunet_raw:
         dataset_id=modality_param("dataset_id"),
         description=data_source_of_modality,
     shell:
-        "python -m workflow_scripts.nnunet_dataset --cases {input} --out-root {output} "
+        "python -m workflow_scripts.nnunet_dataset --cases {input.tables} --out-root {output} "
         "--dataset-id {params.dataset_id} --modality {wildcards.modality} "
         "--description 'PanSeg {wildcards.modality} ({params.description} data)' > {log} 2>&1"
 
@@ -82,3 +86,17 @@ rule split:
     shell:
         "python -m workflow_scripts.splits --cases {input} --folds {params.folds} --seed {params.seed} "
         "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
+
+
+rule loco_split:
+    """Leave-one-center-out: fold k trains on every training center but the k-th (sorted)."""
+    input:
+        train_center_tables,
+    output:
+        f"{DATA}/splits/{{modality}}_loco.json",
+    log:
+        f"{DATA}/logs/loco_split_{{modality}}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.splits --loco --cases {input} --out-json {output} > {log} 2>&1"

@@ -39,3 +39,27 @@ rule train:
         "--val-iterations {params.t[val_iterations_per_epoch]} --lr {params.t[initial_lr]} "
         "--optimizer {params.t[optimizer]} --save-every {params.t[save_every]} --seed {params.t[seed]} "
         "--device {params.t[device]} {params.mirroring} --threads {threads} > {log} 2>&1"
+
+
+use rule train as train_loco with:
+    input:
+        raw=f"{DATA}/nnunet_raw/{{modality}}",
+        preprocessed=f"{DATA}/nnunet_preprocessed/{{modality}}",
+        splits=f"{DATA}/splits/{{modality}}_loco.json",
+    output:
+        checkpoint=f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/checkpoint_final.pth",
+        info=f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/train_info.json",
+        curve=f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/training_curve.tsv",
+        validation=directory(f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/validation"),
+    log:
+        f"{RESULTS}/logs/train_loco/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_loco/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.tsv"
+    params:
+        dataset_id=modality_param("dataset_id"),
+        trainer=model_param("trainer"),
+        configuration=model_param("configuration"),
+        network=model_network_json,
+        results=checked_loco_results_root,
+        t=training_params(),
+        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",

@@ -41,11 +41,12 @@ def test_demo_dry_run_job_counts(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     proc = snakemake("-n", "--cores", "2", workdir=tmp_path, timeout=120)
     counts = job_counts(proc.stdout)
-    # 2 modalities x 5 centers prepared; 2 modalities x 1 model x 5 folds trained;
-    # 3 training centers collected and 2 external centers predicted per modality.
+    # 2 modalities x 5 centers prepared; 2 modalities x 2 models x 5 folds trained;
+    # per modality and model, 3 training centers collected and 2 external centers predicted.
     assert counts["prepare_center"] == 10
-    assert counts["train"] == 10
-    assert counts["collect_cv_masks"] == 6
-    assert counts["predict_external"] == 4
-    assert counts["evaluate_center"] == 10
+    assert counts["train"] == 20
+    assert counts["collect_cv_masks"] == 12
+    assert counts["predict_external"] == 8
+    assert counts["evaluate_center"] == 20
+    assert "train_loco" not in counts  # leave-one-center-out is off in the demo
     assert counts["synthetic_source"] == 1 and counts["tables"] == 1

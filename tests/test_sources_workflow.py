@@ -94,7 +94,9 @@ def test_paper_config_dry_run(tmp_path):
     counts = job_counts(proc.stdout)
     assert counts["osf_source"] == 1 and counts["url_source"] == 1 and counts["local_source"] == 1
     assert counts["prepare_center"] == 2 + 5 + 5  # CT: MSD, NIH; T1 and T2: five centers each
-    assert counts["train"] == 3 * 5 and counts["predict_external"] == 1  # NIH is CT's external center
+    n_models = 4  # pansegnet, nnunet, unet2d, axunet
+    assert counts["train"] == 3 * n_models * 5
+    assert counts["predict_external"] == n_models  # NIH is CT's external center
 
 
 def test_paper_config_without_nih_folder_names_it(tmp_path):

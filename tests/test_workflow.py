@@ -1,5 +1,6 @@
 """The whole chain on a tiny SYNTHETIC study: every declared output exists and makes sense."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +89,62 @@ def test_new_budget_retrains_only_training_and_after(run_dir, tmp_path):
     path = tmp_path / "more.yaml"
     path.write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--configfile", str(path), workdir=run_dir, timeout=120).stdout)
-    assert counts.get("train") == 5 * len(MODELS)
+    assert counts.get("train") == 5 * len(MODELS) and counts.get("train_loco") == 3
     for upstream in ("synthetic_source", "prepare_center", "preprocess", "split", "nnunet_raw"):
         assert upstream not in counts
+
+
+def test_leave_one_center_out(run_dir):
+    for center in ("AHN", "MCF", "NWU"):
+        loco = pd.read_csv(run_dir / "results" / "T1" / "nnunet" / "centers" / center / "loco_metrics.tsv", sep="\t")
+        cv = pd.read_csv(run_dir / "results" / "T1" / "nnunet" / "centers" / center / "metrics.tsv", sep="\t")
+        assert (loco.setting == "held-out-center").all() and (cv.setting == "5-fold-cv").all()
+        assert sorted(loco.case) == sorted(cv.case)
+    splits = json.loads((run_dir / "data" / "splits" / "T1_loco.json").read_text())
+    assert [s["center"] for s in splits] == ["AHN", "MCF", "NWU"]
+    for s in splits:
+        assert all(c.startswith(s["center"]) for c in s["val"]) and not any(c.startswith(s["center"]) for c in s["train"])
+
+
+def dry_run_counts(run_dir, cfg_path):
+    return job_counts(snakemake("-n", "--configfile", str(cfg_path), workdir=run_dir, timeout=180).stdout)
+
+
+def test_new_external_center_runs_only_its_jobs(run_dir, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["sources"]["newsite"] = {"type": "synthetic", "modalities": ["T1"], "centers": ["XYZ"], "cases_per_center": 2}
+    cfg["modalities"]["T1"]["external_centers"] = ["NYU", "XYZ"]
+    cfg["modalities"]["T1"]["center_sources"] = {"XYZ": "newsite"}
+    path = tmp_path / "newcenter.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    counts = dry_run_counts(run_dir, path)
+    assert counts == {"synthetic_source": 1, "prepare_center": 1, "manifest": 1, "predict_external": len(MODELS),
+                      "evaluate_center": len(MODELS), "tables": 1, "all": 1}, counts
+
+
+def test_rerunning_prepare_changes_nothing_training_uses(run_dir):
+    watched = sorted((run_dir / "data" / "prepared" / "T1").glob("*.tsv")) + sorted((run_dir / "data" / "splits").glob("*"))
+    before = {p: p.read_bytes() for p in watched}
+    snakemake("--cores", "2", "--configfile", str(TINY), "--forcerun", "prepare_center", "--until", "prepare_center",
+              workdir=run_dir, timeout=300)
+    assert {p: p.read_bytes() for p in watched} == before
+    proc = snakemake("-n", "--configfile", str(TINY), workdir=run_dir, timeout=180)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, job_counts(proc.stdout)
+
+
+def test_changed_external_labels_rerun_only_evaluation(run_dir):
+    label = run_dir / "data" / "raw" / "synthetic" / "t1" / "labelsTr" / "NYU_0001.nii.gz"
+    original = label.read_bytes()
+    img = sitk.ReadImage(str(label))
+    eroded = sitk.BinaryErode(img, [1, 1, 0])
+    sitk.WriteImage(sitk.Cast(eroded, sitk.sitkUInt8), str(label))
+    try:
+        counts = dry_run_counts(run_dir, TINY)
+        assert counts == {"evaluate_center": len(MODELS), "tables": 1, "all": 1}, counts
+    finally:
+        label.write_bytes(original)
 
 
 def test_interrupted_training_resumes(run_dir, tmp_path):

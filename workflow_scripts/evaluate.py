@@ -73,7 +73,7 @@ def evaluate_folders(pred_dir, ref_dir) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str) -> pd.DataFrame:
+def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str, setting: str = "") -> pd.DataFrame:
     """Metrics for manifest rows, each against <pred_dir>/<case_id>.nii.gz."""
     rows = []
     for r in cases.sort_values("case_id").itertuples():
@@ -85,6 +85,7 @@ def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str) -> pd.DataFrame:
     for pos, col in enumerate(["modality", "center", "participant_id", "role", "data_source"]):
         df.insert(1 + pos, col, meta[col].fillna("").values if col in meta else "")
     df.insert(2, "model", model)
+    df.insert(3, "setting", setting)  # 5-fold-cv, external or held-out-center
     return df
 
 
@@ -94,6 +95,7 @@ def main(argv=None):
     ap.add_argument("--ref", help="folder of reference masks (matched by file name)")
     ap.add_argument("--cases", help="manifest TSV (workflow use; reference = its label column)")
     ap.add_argument("--model", default="")
+    ap.add_argument("--setting", default="", help="how the masks were made: 5-fold-cv, external, held-out-center")
     ap.add_argument("--out", required=True, help="output table (.csv or .tsv)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -104,7 +106,7 @@ def main(argv=None):
             df = evaluate_folders(args.pred, args.ref)
         else:
             df = evaluate_cases(pd.read_csv(args.cases, sep="\t", dtype=str, keep_default_na=False), args.pred,
-                                args.model)
+                                args.model, args.setting)
     except InputError as exc:
         log.error("%s", exc)
         return 1

@@ -47,6 +47,15 @@ def to_nnunet_splits(folds: pd.DataFrame) -> list[dict]:
             for k in range(n)]
 
 
+def leave_one_center_out(cases: pd.DataFrame) -> list[dict]:
+    """One split per training center (sorted): train on the other centers, validate on it."""
+    out = []
+    for center in sorted(cases.center.unique()):
+        held = cases.center == center
+        out.append({"center": center, "train": sorted(cases.case_id[~held]), "val": sorted(cases.case_id[held])})
+    return out
+
+
 def check_grouping(folds: pd.DataFrame) -> None:
     """Raise if a participant appears in more than one fold."""
     spread = folds.groupby("participant_id").fold.nunique()
@@ -61,10 +70,20 @@ def main(argv=None):
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out-json", required=True)
-    ap.add_argument("--out-tsv", required=True)
+    ap.add_argument("--out-tsv", help="readable fold table (not written for --loco)")
+    ap.add_argument("--loco", action="store_true", help="leave-one-center-out splits instead of k folds")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cases = pd.concat([pd.read_csv(f, sep="\t", dtype=str) for f in args.cases], ignore_index=True)
+    if args.loco:
+        splits = leave_one_center_out(cases)
+        for k, s in enumerate(splits):
+            log.info("fold %d leaves out %s: %d training, %d held-out cases", k, s["center"], len(s["train"]),
+                     len(s["val"]))
+        write_text(args.out_json, json.dumps(splits, indent=1))
+        return
+    if not args.out_tsv:
+        ap.error("--out-tsv is required for k-fold splits")
     folds = make_folds(cases, args.folds, args.seed)
     check_grouping(folds)
     for k, part in folds.groupby("fold"):

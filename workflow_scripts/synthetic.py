@@ -71,6 +71,18 @@ CENTER_STYLES = {
     "NYU": CenterStyle("NYU", (2.3, 2.3, 3.8), FLIP_XY, 0.90, 60.0, 0.06, 0.20),
 }
 
+def center_style(name: str) -> CenterStyle:
+    """The style of a known center, or one drawn from the name for a new center (stable across runs)."""
+    if name in CENTER_STYLES:
+        return CENTER_STYLES[name]
+    rng = np.random.default_rng(hash_name(name))
+    directions = (IDENTITY, FLIP_XY, FLIP_Z, FLIP_Y)
+    inplane = float(rng.uniform(2.2, 2.7))
+    return CenterStyle(name, (inplane, inplane, float(rng.uniform(3.2, 4.0))), directions[int(rng.integers(4))],
+                       float(rng.uniform(0.8, 1.35)), float(rng.uniform(-20, 60)), float(rng.uniform(0.05, 0.08)),
+                       float(rng.uniform(0.15, 0.3)))
+
+
 # Field of view (mm, x y z) around the upper abdomen: cropped so the pancreas is a few percent.
 FOV_MM = np.array([152.0, 120.0, 84.0])
 
@@ -300,9 +312,7 @@ def generate(out_dir, modalities=("T1", "T2"), centers=None, cases_per_center=6,
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)
         for i, p in enumerate(mplans, 1):
-            if p.center not in CENTER_STYLES:
-                raise ValueError(f"synthetic: unknown center {p.center!r}; known: {sorted(CENTER_STYLES)}")
-            image, label = render(Anatomy(p.participant_seed), modality, CENTER_STYLES[p.center],
+            image, label = render(Anatomy(p.participant_seed), modality, center_style(p.center),
                                   np.random.default_rng(p.scan_seed))
             sitk.WriteImage(image, str(img_dir / f"{p.case_id}_0000.nii.gz"), useCompression=True)
             sitk.WriteImage(label, str(lab_dir / f"{p.case_id}.nii.gz"), useCompression=True)
