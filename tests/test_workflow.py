@@ -48,6 +48,60 @@ def test_per_case_tables(run_dir):
     assert "SYNTHETIC" in (run_dir / "results" / "tables" / "summary.md").read_text()
 
 
+def test_extra_annotations_and_agreement(run_dir):
+    m = pd.read_csv(run_dir / "data" / "manifest.tsv", sep="\t", keep_default_na=False)
+    annotated = m[m.label_rater2 != ""]
+    assert len(annotated) == 4 and annotated.center.nunique() == 4  # round(4/3) = 1 case per center
+    assert (annotated.label_repeat != "").all() and (m[m.label_rater2 == ""].label_repeat == "").all()
+    agr = pd.read_csv(run_dir / "results" / "stats" / "T1" / "agreement.tsv", sep="\t")
+    assert sorted(agr.kind.value_counts().to_dict().items()) == [("inter", 4), ("intra", 4)]
+    assert ((agr.kappa_volume > 0.5) & (agr.kappa_volume < 1) & (agr.kappa_box > 0.5)).all()
+    assert agr[agr.kind == "intra"].dice.mean() > agr[agr.kind == "inter"].dice.mean()
+    table = pd.read_csv(run_dir / "results" / "tables" / "agreement.csv")
+    assert len(table) == 4 and set(table.region) == {"volume", "box"} and (table.n_cases == 4).all()
+
+
+def test_statistics_one_model(run_dir):
+    stats = run_dir / "results" / "stats" / "T1"
+    comp = pd.read_csv(stats / "comparisons.tsv", sep="\t")
+    assert comp.empty and {"p", "p_holm", "ci_low"} <= set(comp.columns)  # one model: nothing to compare
+    vol = pd.read_csv(stats / "volume.tsv", sep="\t")
+    assert vol.model.tolist() == ["nnunet"] and vol.n.tolist() == [16]
+    assert "Only one model" in (run_dir / "results" / "tables" / "paired_tests.md").read_text()
+
+
+def test_paper_tables_and_figures(run_dir):
+    tables = run_dir / "results" / "tables"
+    for name in ["modality_T1", "cross_center", "agreement", "paired_tests", "volume_agreement"]:
+        for ext in ["csv", "md", "tex", "html"]:
+            assert (tables / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+    modality = pd.read_csv(tables / "modality_T1.csv")
+    assert modality.model.tolist() == ["nnunet"] and modality.n.tolist() == [16]
+    assert "SYNTHETIC" in (tables / "modality_T1.md").read_text()
+    cc = pd.read_csv(tables / "cross_center.csv")
+    assert cc.center.tolist() == ["AHN", "MCF", "NWU", "NYU"] and cc.nnunet_n.tolist() == [4, 4, 4, 4]
+    figs = run_dir / "results" / "figures" / "T1"
+    stems = ["dice_hd95_by_model", "dice_hd95_by_center", "volume_scatter", "bland_altman", "nnunet/training_curves",
+             "nnunet/overlays"]
+    for stem in stems:
+        for ext in ["png", "svg", "tsv"]:
+            assert (figs / f"{stem}.{ext}").exists(), f"{stem}.{ext}"
+        assert "SYNTHETIC" in (figs / f"{stem}.svg").read_text(), stem
+    assert len(pd.read_csv(figs / "nnunet" / "training_curves.tsv", sep="\t")) == 5 * 2  # 5 folds x 2 epochs
+    assert pd.read_csv(figs / "nnunet" / "overlays.tsv", sep="\t").pick.tolist() == ["best", "median", "worst"]
+
+
+def test_versions_and_report(run_dir):
+    import yaml
+
+    info = yaml.safe_load((run_dir / "results" / "versions.yml").read_text())
+    assert info["packages"]["snakemake"] and len(info["config_sha256"]) == 64
+    assert info["config"]["study"] == "workflow-test" and "cuda_available" in info["torch"]
+    snakemake("--report", "results/report.html", "--configfile", str(TINY), workdir=run_dir, timeout=300)
+    report = (run_dir / "results" / "report.html").read_text()
+    assert len(report) > 100_000 and "workflow-test" in report
+
+
 def test_masks_in_original_geometry(run_dir):
     m = pd.read_csv(run_dir / "data" / "manifest.tsv", sep="\t").set_index("case_id")
     for case, kind in [("NYU_0001", "ensemble_masks"), ("AHN_0001", "cv_masks")]:

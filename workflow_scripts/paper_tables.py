@@ -394,7 +394,7 @@ def main(argv=None):
     volume = _read_all(args.volume, VOLUME_COLUMNS)
     agreement = _read_all(args.agreement, AGREEMENT_COLUMNS)
     for df, col in ((comparisons, "note"), (volume, "note")):
-        df[col] = df[col].fillna("").astype(str)
+        df[col] = [("" if pd.isna(v) else str(v)) for v in df[col]]
     tables = build_tables(per_case, comparisons, volume, agreement, args.reference, args.modalities, args.models)
     for t in tables:
         for path in write_outputs(t, args.out_dir, args.study):

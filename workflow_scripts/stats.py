@@ -174,14 +174,14 @@ def read_metrics(paths) -> pd.DataFrame:
     frames = []
     for path in paths:
         try:
-            df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["", "nan", "NaN"])
+            df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["", "nan", "NaN"],
+                             dtype={"case": str, "empty": str})
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise InputError(path, f"cannot be read as a metrics table ({exc})") from None
         missing = NEEDED - set(df.columns)
         if missing:
             raise InputError(path, f"metrics table lacks columns {sorted(missing)}")
         df["empty"] = df["empty"].fillna("") if "empty" in df else ""
-        df["case"] = df["case"].astype(str)
         frames.append(df)
     if not frames:
         raise InputError("--metrics", "no metrics tables given")
