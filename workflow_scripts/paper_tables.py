@@ -78,7 +78,8 @@ def _sd(x) -> float:
 def describe(g: pd.DataFrame) -> dict:
     """n, mean and sd (ddof=1) of the per-case metrics of one group; empty-mask counts."""
     hd = g.hd95_mm.astype(float)
-    out = dict(n=len(g), n_empty_pred=int((g["empty"] == "pred").sum()), n_hd95_undefined=int(hd.isna().sum()))
+    out = dict(n=len(g), n_empty_pred=int((g["empty"] == "pred").sum()), n_empty_ref=int((g["empty"] == "ref").sum()),
+               n_hd95_undefined=int(hd.isna().sum()))
     for col, name in [("dice", "dice"), ("hd95_mm", "hd95"), ("precision", "precision"), ("recall", "recall")]:
         v = g[col].astype(float)
         out[f"{name}_mean"] = float(v.mean()) if v.notna().any() else np.nan
