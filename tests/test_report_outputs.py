@@ -178,6 +178,9 @@ def test_paper_tables_command(tmp_path):
         for ext in paper_tables.FORMATS:
             assert (out / f"{name}.{ext}").exists(), f"{name}.{ext}"
     assert "No case has a second annotation" in (out / "agreement.md").read_text()
+    pd.DataFrame({"modality": ["T1"]}).to_csv(comp, sep="\t", index=False)  # a stale or foreign table
+    assert paper_tables.main(["--metrics", *metrics, "--comparisons", str(comp), "--reference", "pansegnet",
+                              "--modalities", "T1", "--out-dir", str(out)]) == 1
 
 
 def test_tex_escape():

@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .agreement import COLUMNS as AGREEMENT_COLUMNS
 from .agreement import pooled_kappa
 from .atomic import write_table, write_text
+from .errors import InputError
 from .stats import COMPARISON_COLUMNS, VOLUME_COLUMNS, read_metrics
 
 log = logging.getLogger(__name__)
@@ -354,8 +356,18 @@ def write_outputs(t: Table, out_dir, study: str) -> list[Path]:
 
 
 def _read_all(paths, columns) -> pd.DataFrame:
-    frames = [pd.read_csv(p, sep="\t", keep_default_na=False, na_values=["", "nan", "NaN"]) for p in paths or []]
-    frames = [f for f in frames if len(f)]
+    """Concatenate statistics tables; a missing column or an unreadable file is an error naming it."""
+    frames = []
+    for p in paths or []:
+        try:
+            df = pd.read_csv(p, sep="\t", keep_default_na=False, na_values=["", "nan", "NaN"])
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise InputError(p, f"cannot be read as a statistics table ({exc})") from None
+        missing = set(columns) - set(df.columns)
+        if missing:
+            raise InputError(p, f"lacks columns {sorted(missing)[:5]} (written by another version?)")
+        if len(df):
+            frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
@@ -370,8 +382,6 @@ def build_tables(per_case, comparisons, volume, agreement, reference, modalities
 
 
 def main(argv=None):
-    from .agreement import COLUMNS as AGREEMENT_COLUMNS
-
     ap = argparse.ArgumentParser(description="Paper tables (CSV, Markdown, LaTeX, HTML).")
     ap.add_argument("--metrics", nargs="+", required=True, help="per-center metrics.tsv of every modality x model")
     ap.add_argument("--comparisons", nargs="*", default=[], help="stats comparisons.tsv per modality")
@@ -384,16 +394,14 @@ def main(argv=None):
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from .errors import InputError
-
     try:
         per_case = read_metrics(args.metrics)
+        comparisons = _read_all(args.comparisons, COMPARISON_COLUMNS)
+        volume = _read_all(args.volume, VOLUME_COLUMNS)
+        agreement = _read_all(args.agreement, AGREEMENT_COLUMNS)
     except InputError as exc:
         log.error("%s", exc)
         return 1
-    comparisons = _read_all(args.comparisons, COMPARISON_COLUMNS)
-    volume = _read_all(args.volume, VOLUME_COLUMNS)
-    agreement = _read_all(args.agreement, AGREEMENT_COLUMNS)
     for df, col in ((comparisons, "note"), (volume, "note")):
         df[col] = [("" if pd.isna(v) else str(v)) for v in df[col]]
     tables = build_tables(per_case, comparisons, volume, agreement, args.reference, args.modalities, args.models)
