@@ -185,6 +185,7 @@ def test_paper_tables_command(tmp_path):
 
 def test_tex_escape():
     assert paper_tables.tex_escape("Dice (%) a_b ± κ r²") == r"Dice (\%) a\_b $\pm$ $\kappa$ r$^2$"
+    assert paper_tables.tex_escape("2|P∩R|") == r"2$|$P$\cap$R$|$"
 
 
 def test_versions(tmp_path, monkeypatch):

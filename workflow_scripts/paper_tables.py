@@ -298,7 +298,7 @@ def to_markdown(t: Table, study: str) -> str:
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
                 "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
 _TEX_SYMBOLS = {"±": r"$\pm$", "²": r"$^2$", "κ": r"$\kappa$", "−": "$-$", "–": "--", "—": "---", "≤": r"$\le$",
-                "<": r"$<$", "∩": r"$\cap$", "·": r"$\cdot$", "'": "'"}
+                "<": r"$<$", "∩": r"$\cap$", "·": r"$\cdot$", "|": r"$|$"}
 
 
 def tex_escape(text) -> str:
