@@ -13,6 +13,19 @@ pytestmark = pytest.mark.workflow
 TINY = REPO / "tests" / "data" / "tiny.yaml"
 
 
+def _tiny_models():
+    """The tiny config's models and reference model (statistics.reference_model, else the documented rule)."""
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text())
+    models = list(cfg["models"])
+    ref = (cfg.get("statistics") or {}).get("reference_model")
+    return models, ref or ("pansegnet" if "pansegnet" in models else models[0])
+
+
+TINY_MODELS, TINY_REFERENCE = _tiny_models()
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     work = tmp_path_factory.mktemp("wf")
@@ -61,13 +74,19 @@ def test_extra_annotations_and_agreement(run_dir):
     assert len(table) == 4 and set(table.region) == {"volume", "box"} and (table.n_cases == 4).all()
 
 
-def test_statistics_one_model(run_dir):
+def test_statistics_against_reference(run_dir):
     stats = run_dir / "results" / "stats" / "T1"
     comp = pd.read_csv(stats / "comparisons.tsv", sep="\t")
-    assert comp.empty and {"p", "p_holm", "ci_low"} <= set(comp.columns)  # one model: nothing to compare
+    others = len(TINY_MODELS) - 1
+    assert {"p", "p_holm", "ci_low", "n_pairs"} <= set(comp.columns)
+    assert len(comp) == others * 2 * (1 + 4)  # (Dice, HD95) x (all cases + 4 centers) per compared model
+    if others:
+        assert set(comp.reference) == {TINY_REFERENCE} and TINY_REFERENCE not in set(comp.model)
+        assert (comp[comp.scope == "all"].n_pairs == 16).all() and (comp[comp.scope != "all"].n_pairs == 4).all()
+    else:  # one model: nothing to compare, said in the table
+        assert "Only one model" in (run_dir / "results" / "tables" / "paired_tests.md").read_text()
     vol = pd.read_csv(stats / "volume.tsv", sep="\t")
-    assert vol.model.tolist() == ["nnunet"] and vol.n.tolist() == [16]
-    assert "Only one model" in (run_dir / "results" / "tables" / "paired_tests.md").read_text()
+    assert sorted(vol.model) == sorted(TINY_MODELS) and (vol.n == 16).all()
 
 
 def test_paper_tables_and_figures(run_dir):
@@ -76,19 +95,21 @@ def test_paper_tables_and_figures(run_dir):
         for ext in ["csv", "md", "tex", "html"]:
             assert (tables / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     modality = pd.read_csv(tables / "modality_T1.csv")
-    assert modality.model.tolist() == ["nnunet"] and modality.n.tolist() == [16]
+    assert modality.model.iloc[0] == TINY_REFERENCE and sorted(modality.model) == sorted(TINY_MODELS)
+    assert (modality.n == 16).all()
     assert "SYNTHETIC" in (tables / "modality_T1.md").read_text()
     cc = pd.read_csv(tables / "cross_center.csv")
-    assert cc.center.tolist() == ["AHN", "MCF", "NWU", "NYU"] and cc.nnunet_n.tolist() == [4, 4, 4, 4]
+    assert cc.center.tolist() == ["AHN", "MCF", "NWU", "NYU"] and cc[f"{TINY_REFERENCE}_n"].tolist() == [4, 4, 4, 4]
     figs = run_dir / "results" / "figures" / "T1"
-    stems = ["dice_hd95_by_model", "dice_hd95_by_center", "volume_scatter", "bland_altman", "nnunet/training_curves",
-             "nnunet/overlays"]
+    stems = ["dice_hd95_by_model", "dice_hd95_by_center", "volume_scatter", "bland_altman"]
+    stems += [f"{m}/{name}" for m in TINY_MODELS for name in ("training_curves", "overlays")]
     for stem in stems:
         for ext in ["png", "svg", "tsv"]:
             assert (figs / f"{stem}.{ext}").exists(), f"{stem}.{ext}"
         assert "SYNTHETIC" in (figs / f"{stem}.svg").read_text(), stem
-    assert len(pd.read_csv(figs / "nnunet" / "training_curves.tsv", sep="\t")) == 5 * 2  # 5 folds x 2 epochs
-    assert pd.read_csv(figs / "nnunet" / "overlays.tsv", sep="\t").pick.tolist() == ["best", "median", "worst"]
+    for m in TINY_MODELS:
+        assert len(pd.read_csv(figs / m / "training_curves.tsv", sep="\t")) == 5 * 2  # 5 folds x 2 epochs
+        assert pd.read_csv(figs / m / "overlays.tsv", sep="\t").pick.tolist() == ["best", "median", "worst"]
 
 
 def test_versions_and_report(run_dir):

@@ -164,7 +164,7 @@ def metrics_figures(per_case: pd.DataFrame, out_dir, reference=None) -> list[Pat
         ax.set(xlim=lim, ylim=lim, xlabel="reference volume (mL)", ylabel="predicted volume (mL)", aspect="equal")
         ax.set_title(f"{model}: r² (Pearson) {va['r2_pearson']:.3f}\nR² (identity line) {va['r2_identity']:.3f}, "
                      f"n = {va['n']}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{tag}{modality}: predicted vs reference pancreas volume", fontsize=10)
     fig.tight_layout()
     written += save_figure(fig, out_dir / "volume_scatter", per_case[cols + ["vol_ref_ml", "vol_pred_ml"]])
