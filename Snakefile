@@ -15,6 +15,9 @@ if not workflow.overwrite_configfiles:
 validate(config, "config/schemas/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -39,6 +42,8 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
+include: "rules/stats.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -46,4 +51,7 @@ rule all:
     input:
         manifest_file(),
         summary_tables(),
-        loco_metrics_all(),
+        loco_table_all(),
+        paper_tables_all(),
+        figures_all(),
+        versions_files(),

@@ -2,6 +2,7 @@
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 # Built-in models; config's model_catalog adds models or overrides these key by key.
@@ -63,6 +64,19 @@ def _check_config():
 
 
 _check_config()
+
+
+def _reference_model():
+    """statistics.reference_model; unset: pansegnet when configured, else the first model."""
+    ref = config["statistics"].get("reference_model")
+    if ref is None:
+        return "pansegnet" if "pansegnet" in MODELS else MODELS[0]
+    if ref not in MODELS:
+        raise ValueError(f"statistics.reference_model: {ref!r} is not one of models ({MODELS})")
+    return ref
+
+
+REFERENCE_MODEL = _reference_model()
 
 ALL_CENTERS = sorted({c for mc in config["modalities"].values() for c in mc["train_centers"] + mc["external_centers"]})
 
@@ -158,6 +172,97 @@ def summary_tables():
     return [f"{RESULTS}/tables/summary.csv", f"{RESULTS}/tables/summary.md"]
 
 
+# ---- statistics, figures, paper tables, provenance (issue 3) -------------------------------
+PAPER_TABLE_FORMATS = ["csv", "md", "tex", "html"]
+METRIC_FIGURES = ["dice_hd95_by_model", "dice_hd95_by_center", "volume_scatter", "bland_altman"]
+FIGURE_FILES = ["png", "svg", "tsv"]
+
+
+def stats_file(modality, name):
+    """name: comparisons, volume or agreement."""
+    return f"{RESULTS}/stats/{modality}/{name}.tsv"
+
+
+def paper_table(name, ext):
+    return f"{RESULTS}/tables/{name}.{ext}"
+
+
+def paper_table_names():
+    return [f"modality_{m}" for m in MODALITIES] + ["cross_center", "agreement", "paired_tests", "volume_agreement"]
+
+
+def paper_tables_all():
+    return [paper_table(n, ext) for n in paper_table_names() for ext in PAPER_TABLE_FORMATS]
+
+
+def figure_stem(modality, name, model=None):
+    if model:
+        return f"{RESULTS}/figures/{modality}/{model}/{name}"
+    return f"{RESULTS}/figures/{modality}/{name}"
+
+
+def output_dir(wildcards, output):
+    """Params function: the folder of the rule's first output."""
+    return str(Path(output[0]).parent)
+
+
+def output_stem(wildcards, output):
+    """Params function: the first output (a figure's .png) without its extension."""
+    return str(Path(output[0]).with_suffix(""))
+
+
+def figures_all():
+    stems = [figure_stem(m, f) for m in MODALITIES for f in METRIC_FIGURES]
+    stems += [figure_stem(m, f, model) for m in MODALITIES for model in MODELS for f in ("training_curves", "overlays")]
+    return [f"{stem}.{ext}" for stem in stems for ext in FIGURE_FILES]
+
+
+def versions_files():
+    return [f"{RESULTS}/versions.yml", f"{RESULTS}/versions.html"]
+
+
+def figure_output(stem, caption, label, category="{modality}", subcategory="Figures"):
+    """A figure's files: <stem>.png (shown in the report), .svg and .tsv (the per-case rows it plots)."""
+    png = report(f"{stem}.png", caption=caption, category=category, subcategory=subcategory, labels=label)
+    return [png, f"{stem}.svg", f"{stem}.tsv"]
+
+
+def table_output(name, caption, label, category="Tables"):
+    """A paper table's files; the HTML one is shown in the report."""
+    files = [paper_table(name, ext) for ext in PAPER_TABLE_FORMATS]
+    files[PAPER_TABLE_FORMATS.index("html")] = report(
+        paper_table(name, "html"), caption=caption, category=category, labels=label
+    )
+    return files
+
+
+def modality_table_outputs(caption):
+    return [table_output(f"modality_{m}", caption, {"table": f"{m}: results per model"}) for m in MODALITIES]
+
+
+def config_json():
+    """The run's whole config as canonical JSON (versions.yml hashes it)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def _git_commit():
+    """HEAD of the workflow's checkout (a params value: a new commit refreshes versions.yml)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", workflow.basedir, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+GIT_COMMIT = _git_commit()
+
+
+def data_sources_all():
+    return ", ".join(sorted({data_source_label(m) for m in MODALITIES}))
+
+
 # ---- input functions ---------------------------------------------------------------------
 def raw_for_modality(wildcards):
     return raw_dir(wildcards.modality)
@@ -232,10 +337,57 @@ def loco_metrics_all(wildcards=None):
     ]
 
 
+def loco_cv_metrics(wildcards=None):
+    """The 5-fold CV metrics of the centers and models of the leave-one-center-out experiment."""
+    return [
+        f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv"
+        for m in loco_modalities()
+        for model in LOCO_MODELS
+        for c in centers(m, "train-cv")
+    ]
+
+
+def loco_table_all():
+    return [paper_table("loco", ext) for ext in PAPER_TABLE_FORMATS] if loco_modalities() else []
+
+
 def center_metrics_all(wildcards=None):
     return [
         f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for m in MODALITIES for model in MODELS for c in centers(m)
     ]
+
+
+def modality_metrics(wildcards):
+    """Per-center metrics of one modality, every model."""
+    m = wildcards.modality
+    return [f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for model in MODELS for c in centers(m)]
+
+
+def model_metrics(wildcards):
+    """Per-center metrics of one modality x model."""
+    m = wildcards.modality
+    return [f"{RESULTS}/{m}/{wildcards.model}/centers/{c}/metrics.tsv" for c in centers(m)]
+
+
+def modality_center_tables(wildcards):
+    return [center_table(wildcards.modality, c) for c in centers(wildcards.modality)]
+
+
+def model_mask_dirs(wildcards):
+    kinds = {"train-cv": "cv_masks", "external": "ensemble_masks"}
+    m = wildcards.modality
+    return [f"{RESULTS}/{m}/{wildcards.model}/centers/{c}/{kinds[center_role(m, c)]}" for c in centers(m)]
+
+
+def fold_curves(wildcards):
+    return [f"{fold_dir(wildcards.modality, wildcards.model, f)}/training_curve.tsv" for f in FOLDS]
+
+
+def stats_files_all(name):
+    def get(wildcards):
+        return [stats_file(m, name) for m in MODALITIES]
+
+    return get
 
 
 def source_param(key):

@@ -14,7 +14,6 @@ rule tables:
         "../envs/analysis.yaml"
     params:
         study=config["study"],
-        reference=MODELS[0],
     shell:
         "python -m workflow_scripts.tables --metrics {input.metrics} --study '{params.study}' "
         "--per-case {output.per_case} --csv {output.csv} --md {output.md} > {log} 2>&1"

@@ -50,3 +50,41 @@ def test_demo_dry_run_job_counts(tmp_path):
     assert counts["evaluate_center"] == 20
     assert "train_loco" not in counts  # leave-one-center-out is off in the demo
     assert counts["synthetic_source"] == 1 and counts["tables"] == 1
+    # Statistics and figures: cheap per-modality (and per-model) aggregates.
+    for rule in ("paired_stats", "rater_agreement", "figures_metrics", "figure_training", "figure_overlays"):
+        assert counts[rule] == 2, rule
+    assert counts["paper_tables"] == 1 and counts["versions"] == 1
+
+
+def test_unknown_reference_model_names_the_key(tmp_path):
+    cfg = write_config(tmp_path, lambda c: c.update(statistics={"reference_model": "unet9"}))
+    proc = snakemake("-n", "--configfile", str(cfg), workdir=tmp_path, check=False, timeout=120)
+    assert proc.returncode != 0 and "statistics.reference_model" in proc.stdout + proc.stderr
+
+
+def three_models(models, reference=None):
+    def edit(c):
+        trainer = "workflow_scripts.trainers.nnunet:NnUNetTrainer"
+        c["model_catalog"] = {m: {"trainer": trainer} for m in ("nnunet", "pansegnet", "unet2d")}
+        c["models"] = models
+        if reference:
+            c["statistics"] = {"reference_model": reference}
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "models, reference, expected",
+    [
+        (["nnunet", "pansegnet", "unet2d"], None, "pansegnet"),  # pansegnet when configured
+        (["unet2d", "nnunet"], None, "unet2d"),  # else the first model
+        (["nnunet", "pansegnet", "unet2d"], "unet2d", "unet2d"),  # or the configured one
+    ],
+)
+def test_reference_model_rule_and_n_models(tmp_path, models, reference, expected):
+    cfg = write_config(tmp_path, three_models(models, reference))
+    proc = snakemake("-n", "-p", "--configfile", str(cfg), workdir=tmp_path, timeout=120)
+    counts = job_counts(proc.stdout)
+    assert counts["figure_training"] == counts["figure_overlays"] == len(models)
+    assert counts["paired_stats"] == counts["figures_metrics"] == counts["rater_agreement"] == 1
+    assert f"--reference {expected} " in proc.stdout

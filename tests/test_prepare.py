@@ -130,3 +130,64 @@ def test_mapping_errors(tmp_path):
 def test_unknown_center_is_an_error(raw_dataset, tmp_path):
     with pytest.raises(InputError, match="no scans of center ZZZ"):
         run(raw_dataset, tmp_path, center="ZZZ")
+
+
+def add_annotation(raw, folder, case, array, **kw):
+    return write_nifti(raw / "t1" / folder / f"{case}.nii.gz", array, spacing=(1.5, 1.5, 3.0), **kw)
+
+
+def test_extra_annotations_fill_optional_columns(raw_dataset, tmp_path):
+    r2 = add_annotation(raw_dataset, "labelsTr_rater2", "AAA_0001", np.roll(blob(), 1, axis=2))
+    rep = add_annotation(raw_dataset, "labelsTr_repeat", "AAA_0001", blob())
+    r2b = add_annotation(raw_dataset, "labelsTr_rater2", "AAA_0003", blob())
+    add_annotation(raw_dataset, "labelsTr_rater2", "BBB_0001", blob())  # another center: not this one's
+    df, _ = run(raw_dataset, tmp_path)
+    rows = df.set_index("case_id")
+    assert rows.label_rater2.to_dict() == {"AAA_0001": str(r2), "AAA_0002": "", "AAA_0003": str(r2b)}
+    assert rows.label_repeat.to_dict() == {"AAA_0001": str(rep), "AAA_0002": "", "AAA_0003": ""}
+    written = pd.read_csv(tmp_path / "prep" / "AAA.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert list(written.columns[-2:]) == ["label_rater2", "label_repeat"]
+    assert written.label_repeat.tolist() == [str(rep), "", ""]
+
+
+def test_no_extra_annotations_gives_empty_columns(raw_dataset, tmp_path):
+    df, _ = run(raw_dataset, tmp_path)
+    assert (df.label_rater2 == "").all() and (df.label_repeat == "").all()
+
+
+@pytest.mark.parametrize("kind, problem", [("values", "0/1"), ("size", "size"), ("empty", "no foreground")])
+def test_bad_extra_annotation(raw_dataset, tmp_path, kind, problem):
+    array = {"values": blob() * 2, "size": np.zeros((8, 12, 10), np.uint8), "empty": np.zeros((8, 12, 12), np.uint8)}
+    bad = add_annotation(raw_dataset, "labelsTr_repeat", "AAA_0002", array[kind])
+    with pytest.raises(InputError, match=problem) as err:
+        run(raw_dataset, tmp_path)
+    assert str(bad) in str(err.value)
+    df, excluded = run(raw_dataset, tmp_path, on_bad_case="exclude")  # scan kept, annotation dropped
+    row = df.set_index("case_id").loc["AAA_0002"]
+    assert row.label_repeat == "" and "label_repeat dropped" in row.notes and len(excluded) == 0
+
+
+def test_extra_annotation_header_fixed_like_labels(raw_dataset, tmp_path):
+    add_annotation(raw_dataset, "labelsTr_rater2", "AAA_0001", blob(), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    df, _ = run(raw_dataset, tmp_path, header_mismatch="use_image")
+    path = df.set_index("case_id").label_rater2["AAA_0001"]
+    assert path == str(tmp_path / "fixed" / "labelsTr_rater2" / "AAA_0001.nii.gz")
+    import SimpleITK as sitk
+
+    assert sitk.ReadImage(path).GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+
+
+def test_manifest_schema_accepts_optional_columns(raw_dataset, tmp_path):
+    from workflow_scripts.manifest import build_manifest
+    from helpers import REPO
+
+    add_annotation(raw_dataset, "labelsTr_rater2", "AAA_0001", blob())
+    run(raw_dataset, tmp_path)
+    table = tmp_path / "prep" / "AAA.tsv"
+    df, _ = build_manifest([table], REPO / "config" / "schemas" / "manifest.schema.yaml")
+    assert df.label_rater2.tolist()[0].endswith("AAA_0001.nii.gz") and df.label_repeat.tolist() == ["", "", ""]
+    bad = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
+    bad.loc[0, "label_repeat"] = "not-an-image.txt"
+    bad.to_csv(table, sep="\t", index=False)
+    with pytest.raises(InputError, match="label_repeat"):
+        build_manifest([table], REPO / "config" / "schemas" / "manifest.schema.yaml")

@@ -7,6 +7,14 @@ the participant from the name-mapping file, checks every pair (see ``pairs.py``)
     <out>.tsv            one row per usable scan (the manifest's columns)
     <out>.excluded.tsv   scans left out and why (only when prepare.on_bad_case is "exclude")
 
+Optional extra annotations of a case (for intra-/inter-rater agreement) sit in folders beside
+labelsTr with the label's file name: ``labelsTr_rater2/`` (a second rater) and
+``labelsTr_repeat/`` (the same rater again). They are validated like labels (same grid as the
+image, values 0/1, some foreground) and fill the optional manifest columns ``label_rater2`` and
+``label_repeat`` (empty when a case has none). A bad extra annotation stops the run naming the
+file; with prepare.on_bad_case "exclude" only the annotation is dropped (the scan stays) and the
+row's notes say why.
+
 A bad scan stops the run with an error naming the file, unless config says to exclude it; an
 excluded scan is always listed with its reason. Nothing is skipped silently.
 """
@@ -30,7 +38,9 @@ from .pairs import check_pair
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["case_id", "modality", "center", "participant_id", "image", "label", "role",
-                    "data_source", "spacing", "label_voxels", "notes"]
+                    "data_source", "spacing", "label_voxels", "notes", "label_rater2", "label_repeat"]
+# Optional manifest column -> folder beside labelsTr holding that extra annotation.
+EXTRA_ANNOTATIONS = {"label_rater2": "labelsTr_rater2", "label_repeat": "labelsTr_repeat"}
 IMAGE_RE = re.compile(r"^(?P<case>(?P<center>[A-Za-z0-9]+)_(?P<num>\d+))_0000\.nii(\.gz)?$")
 LABEL_RE = re.compile(r"^(?P<case>(?P<center>[A-Za-z0-9]+)_(?P<num>\d+))\.nii(\.gz)?$")
 CASE_ID_RE = re.compile(r"^[A-Za-z0-9]+_\d+(_0000)?(\.nii(\.gz)?)?$")
@@ -114,6 +124,32 @@ def list_center_cases(images_dir: Path, labels_dir: Path, center: str):
     return pairs, problems
 
 
+def find_extra_annotations(labels_dir: Path, cases) -> dict[str, dict[str, Path]]:
+    """{column: {case: path}} for the extra-annotation folders beside `labels_dir` that exist."""
+    found = {}
+    for column, folder in EXTRA_ANNOTATIONS.items():
+        d = labels_dir.parent / folder
+        files = {}
+        if d.is_dir():
+            for f in sorted(d.iterdir()):
+                m = LABEL_RE.match(f.name)
+                if m and m["case"] in cases:
+                    files[m["case"]] = f
+        found[column] = files
+    return found
+
+
+def check_extra_annotation(image, path, fixed_dir, folder, header_mismatch, tolerances) -> Path:
+    """Validate one extra annotation like a label; return the path to record (fixed copy if re-written)."""
+    check = check_pair(image, path, header_mismatch=header_mismatch, **(tolerances or {}))
+    if check.fixed_label is None:
+        return Path(path)
+    fixed = Path(fixed_dir) / folder / Path(path).name
+    with atomic_path(fixed) as tmp:
+        sitk.WriteImage(check.fixed_label, str(tmp), useCompression=True)
+    return fixed
+
+
 def prepare_center(raw_root, modality, center, role, out_tsv, fixed_dir, mapping_file=None,
                    participant_regex=None, on_bad_case="error", header_mismatch="error", data_source="",
                    tolerances=None):
@@ -123,6 +159,7 @@ def prepare_center(raw_root, modality, center, role, out_tsv, fixed_dir, mapping
     if not pairs and not problems:
         raise InputError(images_dir, f"no scans of center {center} ({center}_NNNN_0000.nii.gz) found")
     participants = load_participants(mapping_file, participant_regex) if mapping_file else {}
+    extras = find_extra_annotations(labels_dir, {c for c, _, _ in pairs})
     rows, excluded = [], list(problems)
     unmapped = 0
     for i, (case, image, label) in enumerate(pairs, 1):
@@ -139,10 +176,25 @@ def prepare_center(raw_root, modality, center, role, out_tsv, fixed_dir, mapping
         pid = participants.get(case)
         if pid is None:
             pid, unmapped = case, unmapped + 1
+        annotations = {}
+        for column, files in extras.items():
+            if case not in files:
+                annotations[column] = ""
+                continue
+            try:
+                annotations[column] = str(check_extra_annotation(image, files[case], fixed_dir,
+                                                                 EXTRA_ANNOTATIONS[column], header_mismatch,
+                                                                 tolerances))
+            except InputError as exc:
+                if on_bad_case != "exclude":
+                    raise
+                log.warning("DROPPED %s of %s %s: %s", column, modality, case, exc)
+                annotations[column] = ""
+                check.notes.append(f"{column} dropped ({exc.problem})")
         rows.append(dict(case_id=case, modality=modality, center=center, participant_id=pid, image=str(image),
                          label=str(label_path), role=role, data_source=data_source,
                          spacing="x".join(f"{s:.4g}" for s in check.spacing), label_voxels=check.label_voxels,
-                         notes="; ".join(check.notes)))
+                         notes="; ".join(check.notes), **annotations))
         if i % 25 == 0:
             log.info("%s %s: checked %d/%d pairs", modality, center, i, len(pairs))
 
@@ -160,8 +212,9 @@ def prepare_center(raw_root, modality, center, role, out_tsv, fixed_dir, mapping
     for _, r in excluded_df.iterrows():
         log.warning("EXCLUDED %s %s (%s): %s", modality, r.case_id, r.file, r.reason)
     log.info("%s %s: %d scans kept, %d excluded, %d without a participant mapping (own id used), "
-             "%d label headers fixed", modality, center, len(df), len(excluded_df), unmapped,
-             int((df.notes != "").sum()))
+             "%d label headers fixed; extra annotations: %d second rater, %d repeat", modality, center, len(df),
+             len(excluded_df), unmapped, int(df.notes.str.contains("label ").sum()),
+             int((df.label_rater2 != "").sum()), int((df.label_repeat != "").sum()))
     write_table(excluded_df, Path(str(out_tsv).replace(".tsv", ".excluded.tsv")))
     write_table(df, out_tsv)
     return df, excluded_df

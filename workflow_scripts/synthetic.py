@@ -5,6 +5,8 @@ layout so that the demo takes the same import path as the OSF download:
 
     <out>/<modality folder>/imagesTr/<CENTER>_<NNNN>_0000.nii.gz
     <out>/<modality folder>/labelsTr/<CENTER>_<NNNN>.nii.gz
+    <out>/<modality folder>/labelsTr_rater2/<CENTER>_<NNNN>.nii.gz   second rater (some cases)
+    <out>/<modality folder>/labelsTr_repeat/<CENTER>_<NNNN>.nii.gz   same rater again (same cases)
     <out>/<MOD>-name_mapping.json       original scan name -> anonymised id
     <out>/SYNTHETIC_DATA.txt            says what this is
 
@@ -12,6 +14,13 @@ Anatomy is drawn in patient (LPS, mm) coordinates and sampled on each center's o
 so centers differ in spacing, orientation (direction matrix), intensity scale and offset, smooth
 bias field and noise, while the anatomy of one participant stays the same across its scans.
 The pancreas is a curved, lobulated tube (head thick, tail thin) whose volume varies by case.
+
+Extra annotations (for intra- and inter-rater agreement): for about a third of each center's
+cases (``annotation_fraction``) the reference label is re-drawn twice by perturbing its border:
+patches of the boundary are grown or shrunk by one voxel. The "second rater" changes more of the
+border than the "same rater again" (``RATER_STRENGTH``). The choice of cases and the patches are
+deterministic from the seed and use their own random streams, so images and labels are the same
+with or without extra annotations.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -292,17 +302,76 @@ def hash_name(name: str) -> int:
     return int.from_bytes(name.encode(), "little") % (2**31)
 
 
+# Extra annotations: folder beside labelsTr -> fraction of the label's border that is perturbed.
+RATER_FOLDERS = {"rater2": "labelsTr_rater2", "repeat": "labelsTr_repeat"}
+RATER_STRENGTH = {"rater2": 0.6, "repeat": 0.3}
+_FACE = ndimage.generate_binary_structure(3, 1)
+
+
+def perturb_boundary(label: np.ndarray, rng: np.random.Generator, strength: float, patch_voxels: float = 2.5):
+    """A re-drawn label: smooth patches of the border grown or shrunk by one voxel.
+
+    A smooth random field (white noise blurred over ~`patch_voxels`) is read on the voxels just
+    inside and just outside the border; where it is in the top `strength`/2 of its border values
+    the label grows by one voxel, where it is in the bottom `strength`/2 the label shrinks by one.
+    """
+    lab = np.asarray(label).astype(bool)
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    outer = ndimage.binary_dilation(lab, _FACE) & ~lab
+    inner = lab & ~ndimage.binary_erosion(lab, _FACE, border_value=0)
+    field = ndimage.gaussian_filter(rng.standard_normal(lab.shape), sigma=patch_voxels)
+    border = field[outer | inner]
+    if border.size == 0 or strength == 0:
+        return lab.copy()
+    lo, hi = np.quantile(border, [strength / 2, 1 - strength / 2])
+    out = lab.copy()
+    out[outer & (field > hi)] = True
+    out[inner & (field < lo)] = False
+    if not out.any():  # never return an empty annotation of a non-empty label
+        return lab.copy()
+    return out
+
+
+def annotated_cases(plans, seed, fraction):
+    """Case ids that get extra annotations: round(fraction x n) cases of each modality x center."""
+    chosen = set()
+    groups = {}
+    for p in plans:
+        groups.setdefault((p.modality, p.center), []).append(p.case_id)
+    for (modality, center), cases in sorted(groups.items()):
+        k = int(round(fraction * len(cases)))
+        if k:
+            rng = np.random.default_rng([seed, hash_name("annotations" + modality + center)])
+            chosen |= {(modality, cases[i]) for i in rng.choice(len(cases), size=k, replace=False)}
+    return chosen
+
+
+def extra_annotation(label: sitk.Image, kind: str, seed: int, modality: str, case_id: str) -> sitk.Image:
+    """The `kind` ("rater2" or "repeat") re-annotation of one case, on the label's grid."""
+    rng = np.random.default_rng([seed, hash_name(kind + modality + case_id)])
+    arr = perturb_boundary(sitk.GetArrayViewFromImage(label) > 0, rng, RATER_STRENGTH[kind])
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(label)
+    return out
+
+
 # Regex that extracts the participant from an original scan name in the synthetic mapping files.
 PARTICIPANT_REGEX = r"^(?P<participant>[A-Z]+-P\d+)-V\d+-"
 
 
 def generate(out_dir, modalities=("T1", "T2"), centers=None, cases_per_center=6, seed=20240517,
-             folders=None):
-    """Write the synthetic study into `out_dir` in the PanSegData raw layout; return the plans."""
+             folders=None, annotation_fraction=1 / 3):
+    """Write the synthetic study into `out_dir` in the PanSegData raw layout; return the plans.
+
+    `annotation_fraction` of each center's cases also get a second rater's and a repeated
+    annotation (``labelsTr_rater2/``, ``labelsTr_repeat/``; 0 writes none).
+    """
     out = Path(out_dir)
     centers = list(centers or CENTER_STYLES)
     folders = folders or {m: m.lower() for m in modalities}
     plans = plan_scans(modalities, centers, cases_per_center, seed)
+    annotated = annotated_cases(plans, seed, annotation_fraction)
     out.mkdir(parents=True, exist_ok=True)
     (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE)
     for modality in modalities:
@@ -316,6 +385,12 @@ def generate(out_dir, modalities=("T1", "T2"), centers=None, cases_per_center=6,
                                   np.random.default_rng(p.scan_seed))
             sitk.WriteImage(image, str(img_dir / f"{p.case_id}_0000.nii.gz"), useCompression=True)
             sitk.WriteImage(label, str(lab_dir / f"{p.case_id}.nii.gz"), useCompression=True)
+            if (modality, p.case_id) in annotated:
+                for kind, folder in RATER_FOLDERS.items():
+                    extra_dir = out / folders[modality] / folder
+                    extra_dir.mkdir(parents=True, exist_ok=True)
+                    extra = extra_annotation(label, kind, seed, modality, p.case_id)
+                    sitk.WriteImage(extra, str(extra_dir / f"{p.case_id}.nii.gz"), useCompression=True)
             log.info("synthetic %s %d/%d %s", modality, i, len(mplans), p.case_id)
         mapping = {p.original_name: p.case_id for p in mplans}
         mapping[f"EXCLUDED-{modality}-scan"] = "Not included"  # as in the real files
@@ -330,9 +405,12 @@ def main(argv=None):
     ap.add_argument("--centers", nargs="+", default=list(CENTER_STYLES))
     ap.add_argument("--cases-per-center", type=int, default=6)
     ap.add_argument("--seed", type=int, default=20240517)
+    ap.add_argument("--annotation-fraction", type=float, default=1 / 3,
+                    help="fraction of each center's cases with a second rater's and a repeated annotation")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    generate(args.out, args.modalities, args.centers, args.cases_per_center, args.seed)
+    generate(args.out, args.modalities, args.centers, args.cases_per_center, args.seed,
+             annotation_fraction=args.annotation_fraction)
 
 
 if __name__ == "__main__":

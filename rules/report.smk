@@ -1,0 +1,156 @@
+# Figures, paper tables and provenance: what `snakemake --report results/report.html` shows.
+
+
+rule figures_metrics:
+    """Dice/HD95 box plots per model and per center, volume scatter and Bland-Altman plots of one modality."""
+    input:
+        metrics=modality_metrics,
+    output:
+        by_model=figure_output(
+            figure_stem("{modality}", "dice_hd95_by_model"),
+            "../report/fig_dice_hd95_by_model.rst",
+            {"figure": "Dice and HD95 per model"},
+        ),
+        by_center=figure_output(
+            figure_stem("{modality}", "dice_hd95_by_center"),
+            "../report/fig_dice_hd95_by_center.rst",
+            {"figure": "Dice and HD95 per center"},
+        ),
+        volume=figure_output(
+            figure_stem("{modality}", "volume_scatter"),
+            "../report/fig_volume_scatter.rst",
+            {"figure": "Volume: predicted vs reference"},
+        ),
+        bland_altman=figure_output(
+            figure_stem("{modality}", "bland_altman"),
+            "../report/fig_bland_altman.rst",
+            {"figure": "Volume: Bland-Altman"},
+        ),
+    log:
+        f"{RESULTS}/logs/figures/{{modality}}/metrics.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        out_dir=output_dir,
+        reference=REFERENCE_MODEL,
+        source=data_source_of_modality,
+    shell:
+        "python -m workflow_scripts.figures metrics --metrics {input.metrics} --reference {params.reference} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule figure_training:
+    """Training and validation loss and pseudo-Dice per epoch, a line per fold."""
+    input:
+        fold_curves,
+    output:
+        figure_output(
+            figure_stem("{modality}", "training_curves", "{model}"),
+            "../report/fig_training_curves.rst",
+            {"figure": "Training curves {model}"},
+        ),
+    log:
+        f"{RESULTS}/logs/figures/{{modality}}/{{model}}/training_curves.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        stem=output_stem,
+        source=data_source_of_modality,
+    shell:
+        "python -m workflow_scripts.figures training --curves {input} --data-source {params.source} "
+        "--title '{wildcards.modality} {wildcards.model}: training curves per fold' --out {params.stem} > {log} 2>&1"
+
+
+rule figure_overlays:
+    """Reference and predicted contours on the best, median and worst case by Dice."""
+    input:
+        metrics=model_metrics,
+        cases=modality_center_tables,
+        masks=model_mask_dirs,
+    output:
+        figure_output(
+            figure_stem("{modality}", "overlays", "{model}"),
+            "../report/fig_overlays.rst",
+            {"figure": "Overlays {model}: best, median, worst"},
+        ),
+    log:
+        f"{RESULTS}/logs/figures/{{modality}}/{{model}}/overlays.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/{{modality}}/{{model}}/overlays.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        stem=output_stem,
+        source=data_source_of_modality,
+    shell:
+        "python -m workflow_scripts.figures overlays --metrics {input.metrics} --cases {input.cases} "
+        "--masks {input.masks} --out {params.stem} > {log} 2>&1"
+
+
+rule paper_tables:
+    """The paper's tables (CSV, Markdown, LaTeX, HTML) from per-case metrics and the statistics jobs."""
+    input:
+        metrics=center_metrics_all,
+        comparisons=stats_files_all("comparisons"),
+        volume=stats_files_all("volume"),
+        agreement=stats_files_all("agreement"),
+    output:
+        modality=modality_table_outputs("../report/table_modality.rst"),
+        cross_center=table_output("cross_center", "../report/table_cross_center.rst", {"table": "Results per center"}),
+        agreement=table_output("agreement", "../report/table_agreement.rst", {"table": "Rater agreement (kappa)"}),
+        paired=table_output("paired_tests", "../report/table_paired_tests.rst", {"table": "Paired t-tests"}),
+        volume=table_output("volume_agreement", "../report/table_volume_agreement.rst", {"table": "Volume agreement"}),
+    log:
+        f"{RESULTS}/logs/paper_tables.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        out_dir=output_dir,
+        reference=REFERENCE_MODEL,
+        models=MODELS,
+        modalities=MODALITIES,
+        study=config["study"],
+        source=data_sources_all(),
+    shell:
+        "python -m workflow_scripts.paper_tables --metrics {input.metrics} --comparisons {input.comparisons} "
+        "--volume {input.volume} --agreement {input.agreement} --reference {params.reference} "
+        "--models {params.models} --modalities {params.modalities} --study {params.study:q} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule versions:
+    """Software versions, PyTorch/CUDA, git commit and the config's sha256 (re-run on a new commit or config)."""
+    output:
+        yml=report(f"{RESULTS}/versions.yml", caption="../report/versions.rst", category="Provenance"),
+        html=report(f"{RESULTS}/versions.html", caption="../report/versions.rst", category="Provenance"),
+    log:
+        f"{RESULTS}/logs/versions.log",
+    conda:
+        "../envs/nnunet.yaml"
+    params:
+        config=config_json(),
+        commit=GIT_COMMIT,
+        repo=workflow.basedir,
+    shell:
+        "python -m workflow_scripts.versions --config-json {params.config:q} --repo {params.repo:q} "
+        "--out {output.yml} --html {output.html} > {log} 2>&1"
+
+
+rule loco_table:
+    """5-fold CV vs leave-one-center-out, per modality x model x training center (paired t-tests)."""
+    input:
+        cv=loco_cv_metrics,
+        loco=loco_metrics_all,
+    output:
+        table_output("loco", "../report/table_loco.rst", {"table": "Cross-center generalisation"}),
+    log:
+        f"{RESULTS}/logs/loco_table.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        out_dir=output_dir,
+        study=config["study"],
+        source=data_sources_all(),
+    shell:
+        "python -m workflow_scripts.loco --cv {input.cv} --loco {input.loco} --out-dir {params.out_dir} "
+        "--study '{params.study}' > {log} 2>&1"
