@@ -51,8 +51,10 @@ def test_demo_dry_run_job_counts(tmp_path):
     assert "train_loco" not in counts  # leave-one-center-out is off in the demo
     assert counts["synthetic_source"] == 1 and counts["tables"] == 1
     # Statistics and figures: cheap per-modality (and per-model) aggregates.
-    for rule in ("paired_stats", "rater_agreement", "figures_metrics", "figure_training", "figure_overlays"):
-        assert counts[rule] == 2, rule
+    for rule in ("paired_stats", "rater_agreement", "figures_metrics"):
+        assert counts[rule] == 2, rule  # one per modality
+    for rule in ("figure_training", "figure_overlays"):
+        assert counts[rule] == 4, rule  # one per modality x model
     assert counts["paper_tables"] == 1 and counts["versions"] == 1
 
 
