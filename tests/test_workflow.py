@@ -191,7 +191,7 @@ def dry_run_counts(run_dir, cfg_path):
 
 # Cheap rules that aggregate every center: they may re-run whenever any center changes.
 AGGREGATES = {"manifest", "tables", "paired_stats", "rater_agreement", "figures_metrics", "figure_overlays",
-              "paper_tables", "all"}
+              "paper_tables", "versions", "all"}
 
 
 def assert_only(counts, expected):
