@@ -23,6 +23,7 @@ PACKAGES=(slurmctld slurmd slurm-client munge)
 # Fake GPUs, one device file each: nothing opens them (no device cgroups here).
 FAKE_GPU_FILES=(/dev/null /dev/zero)
 GPUS=${PANSEG_SLURM_GPUS:-2}
+CLUSTER_NAME=panseg-test
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
@@ -51,7 +52,7 @@ install() {
 write_config() {
   local host cpus mem
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
   # The node offers a share of the machine's memory, capped: jobs ask for mem_mb from config.
   mem=$(awk '/MemTotal/ {m = int($2 / 1024 * 0.8); print (m > 16000 ? 16000 : m)}' /proc/meminfo)
   if [ -e "$CONF_DIR/slurm.conf" ] && ! grep -qF "$MARK" "$CONF_DIR/slurm.conf"; then
@@ -60,7 +61,7 @@ write_config() {
   mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d"
   cat > "$CONF_DIR/slurm.conf" <<EOF
 $MARK (state in $STATE)
-ClusterName=panseg-test
+ClusterName=$CLUSTER_NAME
 SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
@@ -87,6 +88,8 @@ MinJobAge=300
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+# Look at pending jobs every 2 s (default 30 s): a requeued job starts as soon as it may.
+SchedulerParameters=bf_interval=2
 # A preempted or requeued job is killed with SIGTERM, then SIGKILL after KillWait seconds.
 KillWait=10
 InactiveLimit=0
@@ -175,6 +178,32 @@ stop_pid() {  # stop_pid NAME PIDFILE
   rm -f "$2"
 }
 
+job_processes() {  # pids whose environment says they belong to a job of this cluster
+  local env pid
+  for env in /proc/[0-9]*/environ; do
+    pid=${env#/proc/}
+    pid=${pid%/environ}
+    [ "$pid" = "$$" ] && continue
+    if tr '\0' '\n' <"$env" 2>/dev/null | grep -qx "SLURM_CLUSTER_NAME=$CLUSTER_NAME"; then echo "$pid"; fi
+  done
+}
+
+sweep_job_processes() {
+  # proctrack/linuxproc follows parent links only: a job process whose parent exited (e.g. the
+  # first attempt of a requeued job) escapes SLURM's kill. Every job process carries
+  # SLURM_CLUSTER_NAME=panseg-test in its environment, so only this cluster's are ended here.
+  local pids i
+  pids=$(job_processes | tr '\n' ' ')
+  [ -n "${pids// /}" ] || return 0
+  log "ending processes left by this cluster's jobs: $pids"
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for i in $(seq 1 25); do [ -z "$(job_processes)" ] && return 0; sleep 0.2; done
+  pids=$(job_processes | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  [ -n "${pids// /}" ] && kill -KILL $pids 2>/dev/null || true
+}
+
 stop() {
   need_root
   if alive "$(pid_of "$STATE/slurmctld.pid")"; then
@@ -191,6 +220,7 @@ stop() {
       done
     fi
   fi
+  sweep_job_processes
   stop_pid slurmd "$STATE/slurmd.pid"
   stop_pid slurmctld "$STATE/slurmctld.pid"
   stop_pid munged "$STATE/munged.pid"
