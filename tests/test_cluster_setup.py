@@ -115,6 +115,17 @@ def test_both_profiles_dry_run(tmp_path):
     assert "slurm_partition=panseg" in out and "FILL_IN" not in out
 
 
+def test_unfilled_site_settings_stop_the_run(tmp_path):
+    """The shipped placeholders stop the run before anything is submitted, naming each one."""
+    proc = snakemake("-n", "--profile", str(SHIPPED.parent), "--sdm", "env-modules", "--configfile",
+                     str(REPO / "tests" / "slurm" / "cluster.yaml"), workdir=tmp_path, timeout=180, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "docs/cluster.md" in out
+    for placeholder in ("slurm_account=FILL_IN_ACCOUNT", "slurm_partition=FILL_IN_CPU_PARTITION",
+                        "train: slurm_partition=FILL_IN_GPU_PARTITION"):
+        assert placeholder in out
+
+
 # ---- resources declared by the rules ------------------------------------------------------------
 def inventory(config: Path) -> list[dict]:
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "rule_inventory.py"), str(config)],
