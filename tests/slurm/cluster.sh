@@ -134,7 +134,8 @@ start() {
   have_packages || die "SLURM is not installed: run '$0 install' first"
   mkdir -p "$STATE"
   if alive "$(pid_of "$STATE/slurmctld.pid")" || alive "$(pid_of "$STATE/slurmd.pid")"; then
-    die "a cluster from $STATE is already running: '$0 stop' first"
+    log "a cluster from $STATE is still running (an earlier run did not stop it): stopping it"
+    stop
   fi
   if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
     die "another slurmctld/slurmd runs on this machine: not starting a second cluster"
