@@ -73,10 +73,11 @@ def _unfilled_site_settings():
     return found
 
 
-if _unfilled_site_settings():
+_UNFILLED = _unfilled_site_settings()
+if _UNFILLED:
     raise ValueError(
         "profiles/slurm: fill in your cluster's site settings first (docs/cluster.md, 'Site settings'): "
-        + "; ".join(_unfilled_site_settings())
+        + "; ".join(_UNFILLED)
     )
 
 ALL_CENTERS = sorted({c for mc in config["modalities"].values() for c in mc["train_centers"] + mc["external_centers"]})
