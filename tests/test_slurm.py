@@ -188,7 +188,7 @@ def runs(cluster, tmp_path_factory):
         calls[re.search(r"--output (\S+)", options).group(1).strip("'")] = options
     submitted = {}
     for job_id, slurm_log in re.findall(r"has been submitted with SLURM jobid (\d+) \(log: ([^)]+)\)", text):
-        submitted[job_id] = calls[slurm_log.replace(f"/{job_id}.log", "/%j.log")]
+        submitted[job_id] = calls.get(slurm_log.replace(f"/{job_id}.log", "/%j.log"), "")
     (work / "scontrol.json").write_text(json.dumps(jobs, indent=1))
     assert local_proc.returncode == 0, (local / "snakemake.log").read_text()[-6000:]
     return SlurmRun(work, proc.returncode, seconds, text, requeued, submitted, jobs), local
