@@ -78,6 +78,28 @@ def _reference_model():
 
 REFERENCE_MODEL = _reference_model()
 
+
+def _unfilled_site_settings():
+    """Placeholders of profiles/slurm (FILL_IN_...) still in --default-resources/--set-resources."""
+    settings = workflow.resource_settings
+    given = [("default-resources", settings.default_resources)]
+    given += [(f"set-resources {rule}", res) for rule, res in dict(settings.overwrite_resources).items()]
+    found = []
+    for where, res in given:
+        if res is None:
+            continue
+        items = res.args if hasattr(res, "args") else [f"{k}={v}" for k, v in dict(res).items()]
+        found += [f"{where}: {item}" for item in items if "FILL_IN_" in str(item)]
+    return found
+
+
+_UNFILLED = _unfilled_site_settings()
+if _UNFILLED:
+    raise ValueError(
+        "profiles/slurm: fill in your cluster's site settings first (docs/cluster.md, 'Site settings'): "
+        + "; ".join(_UNFILLED)
+    )
+
 ALL_CENTERS = sorted({c for mc in config["modalities"].values() for c in mc["train_centers"] + mc["external_centers"]})
 
 

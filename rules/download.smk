@@ -22,6 +22,10 @@ rule synthetic_source:
         source=sources_of_type("synthetic"),
     conda:
         "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=res("sources", "mem_mb"),
+        runtime=res("sources", "runtime"),
     params:
         modalities=source_param("modalities"),
         centers=source_param("centers"),
@@ -80,6 +84,10 @@ rule local_source:
         source=sources_of_type("local"),
     conda:
         "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=res("sources", "mem_mb"),
+        runtime=res("sources", "runtime"),
     params:
         settings=source_settings,
     shell:

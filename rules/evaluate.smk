@@ -12,6 +12,10 @@ rule evaluate_center:
         f"{RESULTS}/logs/evaluate/{{modality}}/{{model}}/{{center}}.log",
     conda:
         "../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=res("evaluate", "mem_mb"),
+        runtime=res("evaluate", "runtime"),
     params:
         setting=setting_of_center,
     shell:

@@ -1,6 +1,12 @@
 # Per-center predictions: out-of-fold masks for training centers, fold ensemble for external ones.
 
 
+# Collecting out-of-fold masks copies files: no cluster job.
+localrules:
+    collect_cv_masks,
+    collect_loco_masks,
+
+
 rule collect_cv_masks:
     """Each training-center case's prediction from the fold that held it out (no training needed)."""
     input:

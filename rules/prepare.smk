@@ -1,6 +1,14 @@
 # Raw files -> validated per-center manifest rows -> manifest, nnU-Net raw dataset and folds.
 
 
+# Tables, links and folds: seconds of work, run where Snakemake runs (no cluster job).
+localrules:
+    manifest,
+    nnunet_raw,
+    split,
+    loco_split,
+
+
 checkpoint prepare_center:
     """Validate one center's scans (one job per modality x center: a new center touches only itself).
 
@@ -15,6 +23,10 @@ checkpoint prepare_center:
         f"{DATA}/logs/prepare_{{modality}}_{{center}}.log",
     conda:
         "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=res("prepare", "mem_mb"),
+        runtime=res("prepare", "runtime"),
     params:
         folder=modality_param("folder"),
         mapping=mapping_arg,

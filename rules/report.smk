@@ -1,6 +1,16 @@
 # Figures, paper tables and provenance: what `snakemake --report results/report.html` shows.
 
 
+# Figures, tables and versions: seconds of work, run where Snakemake runs (no cluster job).
+localrules:
+    figures_metrics,
+    figure_training,
+    figure_overlays,
+    paper_tables,
+    versions,
+    loco_table,
+
+
 rule figures_metrics:
     """Dice/HD95 box plots per model and per center, volume scatter and Bland-Altman plots of one modality."""
     input:

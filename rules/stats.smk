@@ -2,6 +2,12 @@
 # and intra-/inter-rater agreement of the reference annotations.
 
 
+# Per-modality aggregates of small tables (and a few annotated masks): run where Snakemake runs.
+localrules:
+    paired_stats,
+    rater_agreement,
+
+
 rule paired_stats:
     """Every model vs the reference model (paired t-tests, Holm) and volume agreement, one modality."""
     input:

@@ -1,6 +1,10 @@
 # Aggregates: per-case table of everything and summary tables (cheap; re-run on any change).
 
 
+localrules:
+    tables,
+
+
 rule tables:
     input:
         metrics=center_metrics_all,

@@ -30,6 +30,16 @@ def blob(shape=(8, 12, 12), centre=(4, 6, 6), radius=3):
     return (((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) <= radius**2).astype(np.uint8)
 
 
+@pytest.fixture(autouse=True)
+def restore_locale():
+    """SimpleITK's DICOM code (GDCM) can switch the process's C locale to "C", after which Python
+    text I/O without an explicit encoding falls back to ASCII: restore it after every test."""
+    import locale
+
+    yield
+    locale.setlocale(locale.LC_ALL, "")
+
+
 @pytest.fixture
 def raw_dataset(tmp_path):
     """A PanSegData-style folder: t1/imagesTr + t1/labelsTr with centers AAA and BBB, 3 cases each."""

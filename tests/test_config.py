@@ -11,7 +11,7 @@ TINY = REPO / "tests" / "data" / "tiny.yaml"
 
 
 def write_config(tmp_path, edit):
-    cfg = yaml.safe_load(TINY.read_text())
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
     edit(cfg)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))

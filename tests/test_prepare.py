@@ -108,7 +108,7 @@ def test_header_mismatch_fixed_with_image_geometry(raw_dataset, tmp_path):
 
 
 def test_unmapped_case_keeps_own_id(raw_dataset, tmp_path):
-    mapping = json.loads((raw_dataset / "T1-name_mapping.json").read_text())
+    mapping = json.loads((raw_dataset / "T1-name_mapping.json").read_text(encoding="utf-8"))
     mapping = {k: v for k, v in mapping.items() if v != "AAA_0003"}
     (raw_dataset / "T1-name_mapping.json").write_text(json.dumps(mapping))
     df, _ = run(raw_dataset, tmp_path)

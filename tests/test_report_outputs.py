@@ -33,20 +33,20 @@ def test_metric_figures_files_and_traceable_rows(tmp_path):
     for stem in figures.METRIC_FIGURES:
         assert {f"{stem}.png", f"{stem}.svg", f"{stem}.tsv"} <= names
         assert (tmp_path / "fig" / f"{stem}.png").stat().st_size > 5000
-        assert "SYNTHETIC" in (tmp_path / "fig" / f"{stem}.svg").read_text()  # title says so
+        assert "SYNTHETIC" in (tmp_path / "fig" / f"{stem}.svg").read_text(encoding="utf-8")  # title says so
     rows = pd.read_csv(tmp_path / "fig" / "dice_hd95_by_center.tsv", sep="\t")
     assert len(rows) == len(df) and set(rows.model) == set(MODELS) and {"case", "center", "dice"} <= set(rows.columns)
     ba = pd.read_csv(tmp_path / "fig" / "bland_altman.tsv", sep="\t")
     g = ba[ba.model == "axunet"]
     assert g.bias_ml.iloc[0] == pytest.approx(g.diff_ml.mean()) and g.loa_high_ml.iloc[0] == pytest.approx(
         g.diff_ml.mean() + 1.96 * g.diff_ml.std(ddof=1))
-    assert "HD95" in (tmp_path / "fig" / "dice_hd95_by_model.svg").read_text()
+    assert "HD95" in (tmp_path / "fig" / "dice_hd95_by_model.svg").read_text(encoding="utf-8")
 
 
 def test_real_data_has_no_synthetic_label(tmp_path):
     df = fabricated(["nnunet"]).assign(data_source="PanSegData")
     figures.metrics_figures(df, tmp_path, reference="nnunet")
-    assert "SYNTHETIC" not in (tmp_path / "volume_scatter.svg").read_text()
+    assert "SYNTHETIC" not in (tmp_path / "volume_scatter.svg").read_text(encoding="utf-8")
     assert figures.synthetic_prefix(["synthetic"]) and not figures.synthetic_prefix("osf")
 
 
@@ -63,7 +63,7 @@ def test_training_figure(tmp_path):
                          "--out", str(tmp_path / "curves")]) == 0
     data = pd.read_csv(tmp_path / "curves.tsv", sep="\t")
     assert len(data) == 12 and sorted(data.fold.unique()) == [0, 1, 2]
-    assert "SYNTHETIC" in (tmp_path / "curves.svg").read_text()
+    assert "SYNTHETIC" in (tmp_path / "curves.svg").read_text(encoding="utf-8")
     bad = tmp_path / "elsewhere" / "training_curve.tsv"
     bad.parent.mkdir()
     bad.write_text("epoch\n1\n")
@@ -142,11 +142,11 @@ def test_paper_tables_shape_three_models(tmp_path):
         paper_tables.write_outputs(t, tmp_path, "test-study")
     csv = pd.read_csv(tmp_path / "modality_T1.csv")
     assert len(csv) == 3 and {"dice_mean", "dice_sd", "hd95_mean", "vol_r2_pearson", "p_dice_holm"} <= set(csv)
-    md = (tmp_path / "modality_T1.md").read_text()
+    md = (tmp_path / "modality_T1.md").read_text(encoding="utf-8")
     assert "SYNTHETIC" in md and md.count("\n| ") == 4  # header + 3 models
-    tex = (tmp_path / "modality_T1.tex").read_text()
+    tex = (tmp_path / "modality_T1.tex").read_text(encoding="utf-8")
     assert "\\toprule" in tex and "$\\pm$" in tex and "Dice (\\%)" in tex and "\\caption{SYNTHETIC" in tex
-    assert "<table" in (tmp_path / "agreement.html").read_text()
+    assert "<table" in (tmp_path / "agreement.html").read_text(encoding="utf-8")
 
 
 def test_paper_tables_two_models_and_one_model(tmp_path):
@@ -157,7 +157,7 @@ def test_paper_tables_two_models_and_one_model(tmp_path):
     assert any("Only one model" in n for n in one["paired_tests"].notes)
     assert any("Only one model" in n for n in one["modality_T1"].notes)
     paper_tables.write_outputs(one["paired_tests"], tmp_path, "s")
-    assert "Only one model" in (tmp_path / "paired_tests.md").read_text()
+    assert "Only one model" in (tmp_path / "paired_tests.md").read_text(encoding="utf-8")
 
 
 def test_paper_tables_command(tmp_path):
@@ -177,7 +177,7 @@ def test_paper_tables_command(tmp_path):
     for name in ["modality_T1", "cross_center", "agreement", "paired_tests", "volume_agreement"]:
         for ext in paper_tables.FORMATS:
             assert (out / f"{name}.{ext}").exists(), f"{name}.{ext}"
-    assert "No case has a second annotation" in (out / "agreement.md").read_text()
+    assert "No case has a second annotation" in (out / "agreement.md").read_text(encoding="utf-8")
     pd.DataFrame({"modality": ["T1"]}).to_csv(comp, sep="\t", index=False)  # a stale or foreign table
     assert paper_tables.main(["--metrics", *metrics, "--comparisons", str(comp), "--reference", "pansegnet",
                               "--modalities", "T1", "--out-dir", str(out)]) == 1
@@ -196,7 +196,7 @@ def test_versions(tmp_path, monkeypatch):
     out = tmp_path / "versions.yml"
     assert versions.main(["--config-json", json.dumps(cfg), "--repo", str(tmp_path), "--out", str(out),
                           "--html", str(tmp_path / "v.html"), "--no-torch"]) == 0
-    info = yaml.safe_load(out.read_text())
+    info = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert info["packages"]["numpy"] == np.__version__ and info["packages"]["scipy"]
     assert info["config"] == cfg and len(info["config_sha256"]) == 64
     assert info["git"]["commit"].startswith("unknown")  # tmp_path is not a git checkout
@@ -204,5 +204,5 @@ def test_versions(tmp_path, monkeypatch):
     from helpers import REPO
 
     assert len(versions.git_info(REPO)["commit"]) == 40
-    assert "config_sha256" in (tmp_path / "v.html").read_text()
+    assert "config_sha256" in (tmp_path / "v.html").read_text(encoding="utf-8")
     assert versions.main(["--config-json", "{not json", "--repo", ".", "--out", str(out)]) == 1

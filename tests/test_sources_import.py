@@ -48,7 +48,7 @@ def test_url_decathlon_tar_is_imported_with_labels_merged(msd_server, tmp_path):
     assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
         "MSD_0001_0000.nii.gz", "MSD_0004_0000.nii.gz", "MSD_0007_0000.nii.gz"]  # ._ files and imagesTs left out
     assert labels(out / "labelsTr") == {f"MSD_000{n}.nii.gz": {0, 1} for n in (1, 4, 7)}  # 1 and 2 -> 1
-    assert json.loads((out / "name_mapping.json").read_text())["pancreas_004"] == "MSD_0004"
+    assert json.loads((out / "name_mapping.json").read_text(encoding="utf-8"))["pancreas_004"] == "MSD_0004"
     assert not (tmp_path / "raw" / ".staging-msd").exists()
     # the merged label keeps the image's geometry and its voxels: prepare accepts the pair
     df, _ = prepare_center(out, "CT", "MSD", "train-cv", tmp_path / "p" / "MSD.tsv", tmp_path / "fixed",
@@ -107,7 +107,7 @@ def test_local_nnunet_raw_layout_is_renamed(tmp_path):
     summary = local.fetch({"path": str(src), "center": "ABC", "mode": "copy"}, tmp_path / "raw" / "abc")
     out = tmp_path / "raw" / "abc"
     assert summary["layout"] == "nnunet"
-    assert json.loads((out / "name_mapping.json").read_text()) == {"case_a": "ABC_0001", "case_b": "ABC_0002"}
+    assert json.loads((out / "name_mapping.json").read_text(encoding="utf-8")) == {"case_a": "ABC_0001", "case_b": "ABC_0002"}
     assert not (out / "imagesTr" / "ABC_0001_0000.nii.gz").is_symlink()  # mode: copy
     df, _ = prepare_center(out, "CT", "ABC", "external", tmp_path / "p" / "ABC.tsv", tmp_path / "fixed",
                            mapping_file=out / "name_mapping.json", data_source="abc")

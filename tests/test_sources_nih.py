@@ -46,7 +46,7 @@ def test_dicom_to_decathlon_layout_then_local_source(tcia, tmp_path):
     assert summary["converted"] == 3
     image = sitk.ReadImage(str(tmp_path / "nih_nifti" / "imagesTr" / "PANCREAS_0002.nii.gz"))
     assert image.GetSize() == (8, 8, 5) and np.allclose(image.GetSpacing(), (0.8, 0.8, 2.5))
-    assert json.loads((tmp_path / "nih_nifti" / "conversion.json").read_text())["converted"] == 3
+    assert json.loads((tmp_path / "nih_nifti" / "conversion.json").read_text(encoding="utf-8"))["converted"] == 3
     out = local.fetch({"path": str(tmp_path / "nih_nifti"), "layout": "decathlon", "center": "NIH",
                        "drop_cases": [25, 70]}, tmp_path / "raw" / "nih")
     assert out["cases"] == 2 and out["dropped"] == ["PANCREAS_0025"]

@@ -75,7 +75,7 @@ def test_download_prepare_manifest(servers, tmp_path):
     assert set(m[m.modality == "T1"].data_source) == {"osf"}
     assert m[m.modality == "T1"].participant_id.tolist() == ["AHN-P1", "AHN-P2", "MCF-P1", "MCF-P2"]
     assert set(m[m.center == "MSD"].participant_id) == {"pancreas_001", "pancreas_004", "pancreas_007"}
-    log = (work / "data" / "logs" / "source_osf.log").read_text()
+    log = (work / "data" / "logs" / "source_osf.log").read_text(encoding="utf-8")
     assert "done and verified" in log and "%)" in log  # progress with bytes and percentage
     n_downloads = len(osf.downloads()) + len(msd.downloads())
 

@@ -20,7 +20,7 @@ def test_layout_determinism_and_labels(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
         generate(out, modalities=("T1", "CT"), centers=("AHN", "MCF", "MCA", "NYU"), cases_per_center=3, seed=5)
-    assert "SYNTHETIC" in (a / "SYNTHETIC_DATA.txt").read_text()
+    assert "SYNTHETIC" in (a / "SYNTHETIC_DATA.txt").read_text(encoding="utf-8")
     files = sorted(p.relative_to(a) for p in a.rglob("*.nii.gz"))
     main_files = [f for f in files if f.parent.name in ("imagesTr", "labelsTr")]
     assert len(main_files) == 2 * 4 * 3 * 2
@@ -60,7 +60,7 @@ def test_volumes_vary_and_repeat_participants(tmp_path):
         _, lab = arrays(tmp_path, p.case_id)
         vols.append(sitk.GetArrayFromImage(lab).sum() * np.prod(lab.GetSpacing()) / 1000)
     assert min(vols) > 15 and max(vols) < 150 and max(vols) / min(vols) > 1.3
-    mapping = json.loads((tmp_path / "T1-name_mapping.json").read_text())
+    mapping = json.loads((tmp_path / "T1-name_mapping.json").read_text(encoding="utf-8"))
     assert "Not included" in mapping.values()
 
 

@@ -18,7 +18,7 @@ def _tiny_models():
     """The tiny config's models and reference model (statistics.reference_model, else the documented rule)."""
     import yaml
 
-    cfg = yaml.safe_load(TINY.read_text())
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
     models = list(cfg["models"])
     ref = (cfg.get("statistics") or {}).get("reference_model")
     return models, ref or ("pansegnet" if "pansegnet" in models else models[0])
@@ -60,7 +60,7 @@ def test_per_case_tables(run_dir):
     summary = pd.read_csv(run_dir / "results" / "tables" / "summary.csv")
     assert {"AHN", "NYU", "all external", "all train-cv", "all"} <= set(summary.scope)
     assert (summary.n[summary.scope == "all"] == 16).all() and len(summary[summary.scope == "all"]) == len(MODELS)
-    assert "SYNTHETIC" in (run_dir / "results" / "tables" / "summary.md").read_text()
+    assert "SYNTHETIC" in (run_dir / "results" / "tables" / "summary.md").read_text(encoding="utf-8")
 
 
 def test_extra_annotations_and_agreement(run_dir):
@@ -86,7 +86,7 @@ def test_statistics_against_reference(run_dir):
         assert set(comp.reference) == {TINY_REFERENCE} and TINY_REFERENCE not in set(comp.model)
         assert (comp[comp.scope == "all"].n_pairs == 16).all() and (comp[comp.scope != "all"].n_pairs == 4).all()
     else:  # one model: nothing to compare, said in the table
-        assert "Only one model" in (run_dir / "results" / "tables" / "paired_tests.md").read_text()
+        assert "Only one model" in (run_dir / "results" / "tables" / "paired_tests.md").read_text(encoding="utf-8")
     vol = pd.read_csv(stats / "volume.tsv", sep="\t")
     assert sorted(vol.model) == sorted(TINY_MODELS) and (vol.n == 16).all()
 
@@ -99,7 +99,7 @@ def test_paper_tables_and_figures(run_dir):
     modality = pd.read_csv(tables / "modality_T1.csv")
     assert modality.model.iloc[0] == TINY_REFERENCE and sorted(modality.model) == sorted(TINY_MODELS)
     assert (modality.n == 16).all()
-    assert "SYNTHETIC" in (tables / "modality_T1.md").read_text()
+    assert "SYNTHETIC" in (tables / "modality_T1.md").read_text(encoding="utf-8")
     cc = pd.read_csv(tables / "cross_center.csv")
     assert cc.center.tolist() == ["AHN", "MCF", "NWU", "NYU"] and cc[f"{TINY_REFERENCE}_n"].tolist() == [4, 4, 4, 4]
     figs = run_dir / "results" / "figures" / "T1"
@@ -108,7 +108,7 @@ def test_paper_tables_and_figures(run_dir):
     for stem in stems:
         for ext in ["png", "svg", "tsv"]:
             assert (figs / f"{stem}.{ext}").exists(), f"{stem}.{ext}"
-        assert "SYNTHETIC" in (figs / f"{stem}.svg").read_text(), stem
+        assert "SYNTHETIC" in (figs / f"{stem}.svg").read_text(encoding="utf-8"), stem
     for m in TINY_MODELS:
         assert len(pd.read_csv(figs / m / "training_curves.tsv", sep="\t")) == 5 * 2  # 5 folds x 2 epochs
         assert pd.read_csv(figs / m / "overlays.tsv", sep="\t").pick.tolist() == ["best", "median", "worst"]
@@ -117,11 +117,11 @@ def test_paper_tables_and_figures(run_dir):
 def test_versions_and_report(run_dir):
     import yaml
 
-    info = yaml.safe_load((run_dir / "results" / "versions.yml").read_text())
+    info = yaml.safe_load((run_dir / "results" / "versions.yml").read_text(encoding="utf-8"))
     assert info["packages"]["snakemake"] and len(info["config_sha256"]) == 64
     assert info["config"]["study"] == "workflow-test" and "cuda_available" in info["torch"]
     snakemake("--report", "results/report.html", "--configfile", str(TINY), workdir=run_dir, timeout=300)
-    report = (run_dir / "results" / "report.html").read_text()
+    report = (run_dir / "results" / "report.html").read_text(encoding="utf-8")
     assert len(report) > 100_000 and "workflow-test" in report
 
 
@@ -159,7 +159,7 @@ def test_second_run_does_nothing(run_dir):
 def test_new_budget_retrains_only_training_and_after(run_dir, tmp_path):
     import yaml
 
-    cfg = yaml.safe_load(TINY.read_text())
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
     cfg["training"]["epochs"] = 3
     path = tmp_path / "more.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -178,8 +178,8 @@ def test_leave_one_center_out(run_dir):
     table = pd.read_csv(run_dir / "results" / "tables" / "loco.csv")
     assert table.center.tolist() == ["AHN", "MCF", "NWU"] and set(table.model) == {"nnunet"}
     assert {"dice_cv_mean", "dice_loco_mean", "dice_p_holm", "hd95_p_holm"} <= set(table.columns)
-    assert "held-out" in (run_dir / "results" / "tables" / "loco.md").read_text()
-    splits = json.loads((run_dir / "data" / "splits" / "T1_loco.json").read_text())
+    assert "held-out" in (run_dir / "results" / "tables" / "loco.md").read_text(encoding="utf-8")
+    splits = json.loads((run_dir / "data" / "splits" / "T1_loco.json").read_text(encoding="utf-8"))
     assert [s["center"] for s in splits] == ["AHN", "MCF", "NWU"]
     for s in splits:
         assert all(c.startswith(s["center"]) for c in s["val"]) and not any(c.startswith(s["center"]) for c in s["train"])
@@ -205,7 +205,7 @@ def assert_only(counts, expected):
 def test_new_external_center_runs_only_its_jobs(run_dir, tmp_path):
     import yaml
 
-    cfg = yaml.safe_load(TINY.read_text())
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
     cfg["sources"]["newsite"] = {"type": "synthetic", "modalities": ["T1"], "centers": ["XYZ"], "cases_per_center": 2}
     cfg["modalities"]["T1"]["external_centers"] = ["NYU", "XYZ"]
     cfg["modalities"]["T1"]["center_sources"] = {"XYZ": "newsite"}

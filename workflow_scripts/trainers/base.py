@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -37,6 +38,17 @@ class PanSegTrainer(nnUNetTrainer):
         self.optimizer_name = optimizer
         if seed is not None:
             torch.manual_seed(seed)
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written under a temporary name and then renamed.
+
+        A job killed while saving (preempted, out of time) keeps its previous checkpoint intact
+        instead of leaving a truncated ``checkpoint_latest.pth`` that no re-run could resume from.
+        """
+        partial = f"{filename}.partial"
+        super().save_checkpoint(partial)
+        if os.path.exists(partial):  # nothing is written when checkpointing is disabled
+            os.replace(partial, filename)
 
     def do_split(self):
         if self.splits_file is None or self.fold == "all":
