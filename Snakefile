@@ -30,6 +30,7 @@ wildcard_constraints:
     fold=r"\d+",
     run=r"Dataset\d{3}_[A-Za-z0-9]+/\w+__nnUNetPlans__(3d_fullres|2d)",
     source="|".join(config["sources"]),
+    segment_job=segment_job_regex(),
 
 
 include: "rules/download.smk"
@@ -39,6 +40,8 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
+include: "rules/bundle.smk"
+include: "rules/segment.smk"
 
 
 rule all:
@@ -46,3 +49,4 @@ rule all:
     input:
         manifest_file(),
         summary_tables(),
+        all_bundles(),
