@@ -244,6 +244,10 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
             log.info("bundle %s verified: %s %s (%s, %s), %d folds, sha256 %s", bundle.archive, info.get("modality"),
                      info.get("model"), info["trainer"].partition(":")[2], info["configuration"],
                      len(info["checkpoints"]), bundle.sha256[:16])
+            channels = info.get("channels") or {"0": "image"}
+            if len(channels) != 1:
+                raise BundleError(bundle.archive, f"the model takes {len(channels)} input channels "
+                                                  f"({', '.join(channels.values())}); segment reads one scan per case")
             for diff in version_differences(info):
                 log.warning("bundle made with other software: %s", diff)
             scans, ignored = find_scans(input_dir, exclude=[out_dir])
