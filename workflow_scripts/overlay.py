@@ -17,15 +17,23 @@ from .atomic import atomic_path
 
 
 def mask_centre(mask: np.ndarray) -> tuple[int, int, int]:
-    """Centroid voxel (z, y, x) of the mask; the array centre when the mask is empty."""
-    idx = np.argwhere(mask)
-    if len(idx) == 0:
+    """Centroid voxel (z, y, x) of the mask; the array centre when the mask is empty.
+
+    From the mask's profile along each axis: no list of foreground voxels (np.argwhere would take
+    24 bytes per voxel, hundreds of MB for a large mask on a CT)."""
+    total = int(np.count_nonzero(mask))
+    if total == 0:
         return tuple(int(s // 2) for s in mask.shape)
-    return tuple(int(round(c)) for c in idx.mean(axis=0))
+    centre = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        profile = np.count_nonzero(mask, axis=others)
+        centre.append(int(round(float(np.dot(np.arange(len(profile)), profile)) / total)))
+    return tuple(centre)
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:
-    sample = image[:: max(1, image.shape[0] // 16)].ravel()
+    sample = np.asarray(image[:: max(1, image.shape[0] // 16)], dtype=np.float32).ravel()
     lo, hi = np.percentile(sample, [0.5, 99.5])
     return float(lo), float(hi if hi > lo else lo + 1)
 
@@ -36,11 +44,13 @@ def write_overlay(image: sitk.Image, mask: sitk.Image, path, title: str = "") ->
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    img = sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")).astype(np.float32)
-    seg = sitk.GetArrayFromImage(sitk.DICOMOrient(mask, "LPS")) > 0
+    oriented = sitk.DICOMOrient(image, "LPS")
+    oriented_mask = sitk.DICOMOrient(mask, "LPS")
+    img = sitk.GetArrayViewFromImage(oriented)  # views: only the three slices are copied
+    seg = sitk.GetArrayViewFromImage(oriented_mask)
     if img.shape != seg.shape:
         raise ValueError(f"image {img.shape} and mask {seg.shape} differ in size")
-    sx, sy, sz = sitk.DICOMOrient(image, "LPS").GetSpacing()
+    sx, sy, sz = oriented.GetSpacing()
     cz, cy, cx = mask_centre(seg)
     lo, hi = _window(img)
     # (slice of image, slice of mask, pixel height/width, label, corner letters left/right)
@@ -49,6 +59,7 @@ def write_overlay(image: sitk.Image, mask: sitk.Image, path, title: str = "") ->
         (img[:, cy, :][::-1], seg[:, cy, :][::-1], sz / sx, f"coronal y={cy}", ("R", "L")),
         (img[:, :, cx][::-1], seg[:, :, cx][::-1], sz / sy, f"sagittal x={cx}", ("A", "P")),
     ]
+    views = [(np.asarray(i, dtype=np.float32), np.asarray(m) > 0, *rest) for i, m, *rest in views]
     fig = Figure(figsize=(13, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
