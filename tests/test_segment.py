@@ -18,7 +18,6 @@ import SimpleITK as sitk
 from dicom_series import write_series
 from helpers import REPO, job_counts, snakemake
 from workflow_scripts import dicom, segment
-from workflow_scripts.bundle import BundleError
 
 MODELS = ["nnunet", "pansegnet"]
 

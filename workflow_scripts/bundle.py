@@ -232,7 +232,7 @@ def _check_members(archive: Path, members: list[tarfile.TarInfo]) -> str:
         raw = m.name
         if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
             raise BundleError(archive, f"member {raw!r} has an absolute path; refusing to extract")
-        parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".")]
+        parts = [p for p in raw.split("/") if p not in ("", ".")]  # a backslash fails SAFE_NAME below
         if ".." in parts:
             raise BundleError(archive, f"member {raw!r} climbs out of the target with '..'; refusing to extract")
         if m.issym() or m.islnk():

@@ -43,7 +43,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .atomic import atomic_path, write_table, write_text
-from .dicom import Series, find_series, looks_like_dicom, read_series
+from .dicom import Series, find_series, read_series
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def find_scans(input_dir, exclude=()) -> tuple[list[Scan], list[Path]]:
             scans.append(Scan(_safe(name), folder, "dicom", series=s))
         if stray:
             scans.append(Scan(_safe(base + "_unreadable_dicom"), folder, "dicom",
-                              problem=f"{folder}: {len(stray)} DICOM file(s) belong to no readable series "
+                              problem=f"{len(stray)} DICOM file(s) belong to no readable series "
                                       f"(first: {stray[0].name})"))
         in_series = {Path(f).name for s in series for f in s.files} | {p.name for p in stray}
         ignored += [p for p in others if p.name not in in_series]
@@ -150,7 +150,7 @@ def segment_scan(predictor, scan: Scan, out_dir: Path, work: Path, keep_converte
     from .predict import predict_cases
 
     if scan.problem:
-        raise InputError(scan.source, scan.problem.removeprefix(f"{scan.source}: "))
+        raise InputError(scan.source, scan.problem)
     if scan.kind == "dicom":
         image_path = work / f"{scan.name}_0000.nii"  # uncompressed: quick to write and to read back
         series_image = read_series(scan.series)
