@@ -33,6 +33,7 @@ wildcard_constraints:
     fold=r"\d+",
     run=r"Dataset\d{3}_[A-Za-z0-9]+/\w+__nnUNetPlans__(3d_fullres|2d)",
     source="|".join(config["sources"]),
+    segment_job=segment_job_regex(),
 
 
 include: "rules/download.smk"
@@ -44,6 +45,8 @@ include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 include: "rules/stats.smk"
 include: "rules/report.smk"
+include: "rules/bundle.smk"
+include: "rules/segment.smk"
 
 
 rule all:
@@ -55,3 +58,4 @@ rule all:
         paper_tables_all(),
         figures_all(),
         versions_files(),
+        all_bundles(),

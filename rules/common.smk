@@ -531,3 +531,45 @@ def _checked_root(wildcards, experiment):
 
 def checked_results_root(wildcards):
     return _checked_root(wildcards, "cv")
+
+
+# ---- model bundles and segmentation of new scans (rules/bundle.smk, rules/segment.smk) -----
+SEGMENT_JOBS = config["segment"]
+
+
+def bundle_path(modality, model):
+    return f"{RESULTS}/{modality}/{model}/bundle/panseg_{modality}_{model}.tar"
+
+
+def all_bundles():
+    return [bundle_path(m, model) for m in MODALITIES for model in MODELS]
+
+
+def segment_job_regex():
+    """Regex for the {segment_job} wildcard: the names under config `segment` (never matches if none)."""
+    return "|".join(re.escape(n) for n in sorted(SEGMENT_JOBS)) or "(?!)"
+
+
+def segment_outputs():
+    return [f"{RESULTS}/segment/{name}" for name in sorted(SEGMENT_JOBS)]
+
+
+def segment_bundle(wildcards):
+    return SEGMENT_JOBS[wildcards.segment_job]["bundle"]
+
+
+def segment_input(wildcards):
+    return SEGMENT_JOBS[wildcards.segment_job]["input"]
+
+
+def segment_options(wildcards):
+    """Command-line options of one segment job (device, mirroring, failure handling)."""
+    job = SEGMENT_JOBS[wildcards.segment_job]
+    options = [f"--device {job['device']}"]
+    if job["mirroring"] is not None:
+        options.append("--mirroring" if job["mirroring"] else "--no-mirroring")
+    if job["allow_failed_scans"]:
+        options.append("--allow-failures")
+    if job["keep_converted"]:
+        options.append("--keep-converted")
+    return " ".join(options)

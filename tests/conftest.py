@@ -59,3 +59,15 @@ def raw_dataset(tmp_path):
 
     (root / "T1-name_mapping.json").write_text(json.dumps(mapping))
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_study(tmp_path_factory):
+    """A tiny SYNTHETIC study run through the whole workflow once (2 models x 2 folds, a few
+    iterations each): trained folds, external-center ensemble masks and exported bundles, shared by
+    tests/test_bundle.py and tests/test_segment.py (about 2 minutes on 2 cores)."""
+    from helpers import snakemake
+
+    work = tmp_path_factory.mktemp("bundle-study")
+    snakemake("--cores", "2", "--configfile", str(REPO / "tests" / "data" / "bundle.yaml"), workdir=work, timeout=1500)
+    return work

@@ -271,3 +271,23 @@ def test_interrupted_training_resumes(run_dir, tmp_path):
     assert "resuming fold 0" in out.stderr + out.stdout
     assert (fold / "checkpoint_final.pth").exists()
     assert len(pd.read_csv(fold / "training_curve.tsv", sep="\t")) == 6
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bundles_segment_like_the_workflow(run_dir, tmp_path, model):
+    """`all` exports one bundle per model; segmenting with it (2-D models too) gives exactly the
+    workflow's ensemble mask."""
+    import shutil
+
+    from workflow_scripts import segment
+
+    m = pd.read_csv(run_dir / "data" / "manifest.tsv", sep="\t").set_index("case_id")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(run_dir / m.image["NYU_0001"], scans / "NYU_0001_0000.nii.gz")
+    bundle = run_dir / "results" / "T1" / model / "bundle" / f"panseg_T1_{model}.tar"
+    summary, info = segment.run(bundle, scans, tmp_path / "out", device="cpu", threads=1)
+    assert list(summary.status) == ["ok"] and info["folds"] == [0, 1, 2, 3, 4]
+    ours = sitk.ReadImage(str(tmp_path / "out" / "masks" / "NYU_0001.nii.gz"))
+    ref = sitk.ReadImage(str(run_dir / "results" / "T1" / model / "centers" / "NYU" / "ensemble_masks" / "NYU_0001.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))

@@ -174,11 +174,13 @@ class Anatomy:
         )
 
 
-def render(anatomy: Anatomy, modality: str, style: CenterStyle, rng: np.random.Generator):
-    """Sample one scan on the center's grid; return (image, label) SimpleITK images."""
+def render(anatomy: Anatomy, modality: str, style: CenterStyle, rng: np.random.Generator, fov_mm=None):
+    """Sample one scan on the center's grid; return (image, label) SimpleITK images.
+
+    `fov_mm` (x, y, z) widens the field of view, e.g. to a whole-abdomen CT's (benchmarks)."""
     parts = anatomy.parts()
     spacing = np.array(style.spacing) * rng.uniform(0.97, 1.03)
-    fov = FOV_MM * rng.uniform(0.95, 1.05, size=3)
+    fov = (FOV_MM if fov_mm is None else np.asarray(fov_mm, float)) * rng.uniform(0.95, 1.05, size=3)
     size = np.maximum(np.round(fov / spacing).astype(int), 8)  # x, y, z
     direction = np.array(style.direction).reshape(3, 3)
     centre = rng.normal(0, 3, size=3) + np.array([5.0, 10.0, 0.0])
