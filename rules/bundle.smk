@@ -2,6 +2,11 @@
 # checkpoints, trainer and configuration, versions and a sha256 manifest (docs/segment.md).
 
 
+# Packing files into a tar: seconds of work, run where Snakemake runs (no cluster job).
+localrules:
+    export_bundle,
+
+
 rule export_bundle:
     input:
         checkpoints=fold_checkpoints,

@@ -2,6 +2,10 @@
 # (docs/segment.md): `snakemake segment_all`, or one folder: `snakemake results/segment/<name>`.
 
 
+localrules:
+    segment_all,
+
+
 rule segment_folder:
     input:
         bundle=segment_bundle,

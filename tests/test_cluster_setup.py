@@ -27,8 +27,8 @@ SITE_RESOURCES = {"slurm_partition", "slurm_account"}
 # Heavy rules and the config `resources:` entry that sizes them; every other rule is a localrule.
 RESOURCE_KEY = {"synthetic_source": "sources", "local_source": "sources", "prepare_center": "prepare",
                 "preprocess": "preprocess", "train": "train", "train_loco": "train", "predict_external": "predict",
-                "evaluate_center": "evaluate", "evaluate_loco": "evaluate"}
-GPU_RULES = {"train", "train_loco", "predict_external"}
+                "evaluate_center": "evaluate", "evaluate_loco": "evaluate", "segment_folder": "predict"}
+GPU_RULES = {"train", "train_loco", "predict_external", "segment_folder"}
 
 
 def load(path: Path) -> dict:
