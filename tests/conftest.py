@@ -61,13 +61,17 @@ def raw_dataset(tmp_path):
     return root
 
 
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+
+
 @pytest.fixture(scope="session")
-def trained_study(tmp_path_factory):
-    """A tiny SYNTHETIC study run through the whole workflow once (2 models x 2 folds, a few
-    iterations each): trained folds, external-center ensemble masks and exported bundles, shared by
-    tests/test_bundle.py and tests/test_segment.py (about 2 minutes on 2 cores)."""
+def tiny_study(tmp_path_factory):
+    """The tiny SYNTHETIC study (tests/data/tiny.yaml: 4 models x 3 folds, leave-one-center-out, a few
+    iterations each) run through the whole workflow once, shared by test_workflow.py, test_bundle.py
+    and test_segment.py (about 4-5 minutes on 2 cores). Tests that change it restore what they change
+    or work on copies."""
     from helpers import snakemake
 
-    work = tmp_path_factory.mktemp("bundle-study")
-    snakemake("--cores", "2", "--configfile", str(REPO / "tests" / "data" / "bundle.yaml"), workdir=work, timeout=1500)
+    work = tmp_path_factory.mktemp("tiny-study")
+    snakemake("--cores", "2", "--configfile", str(TINY), workdir=work, timeout=1500)
     return work

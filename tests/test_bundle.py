@@ -8,9 +8,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+from helpers import REPO
 from workflow_scripts import bundle as B
 
+FOLDS = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text(encoding="utf-8"))["folds"]
 MODELS = {"nnunet": "workflow_scripts.trainers.nnunet:NnUNetTrainer",
           "pansegnet": "workflow_scripts.trainers.pansegnet:PanSegNetTrainer"}
 
@@ -51,26 +54,25 @@ def make_tar(path: Path, members) -> Path:
 
 # ---- what the workflow exports ------------------------------------------------------------
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_workflow_exports_a_complete_bundle(trained_study, tmp_path, model):
-    path = bundle_file(trained_study, model)
+def test_workflow_exports_a_complete_bundle(tiny_study, tmp_path, model):
+    path = bundle_file(tiny_study, model)
     with tarfile.open(path) as tf:
         names = sorted(tf.getnames())
     top = f"panseg_T1_{model}"
     assert names == sorted(f"{top}/{n}" for n in [
         "bundle.json", "plans.json", "dataset.json", "dataset_fingerprint.json", "SHA256SUMS",
-        "fold_0/checkpoint_final.pth", "fold_0/train_info.json", "fold_1/checkpoint_final.pth",
-        "fold_1/train_info.json"])
+        *(f"fold_{k}/{f}" for k in range(FOLDS) for f in ("checkpoint_final.pth", "train_info.json"))])
     b = B.extract(path, tmp_path)
     info = b.info
     assert info["format"] == "panseg-bundle" and info["format_version"] == 1
     assert (info["modality"], info["model"], info["trainer"], info["configuration"]) == (
         "T1", model, MODELS[model], "3d_fullres")
-    assert info["folds"] == [0, 1] and info["inference"] == {"mirroring": False, "step_size": 0.5}
+    assert info["folds"] == list(range(FOLDS)) and info["inference"] == {"mirroring": False, "step_size": 0.5}
     assert info["labels"] == {"background": 0, "pancreas": 1} and info["reader"] == "NibabelIOWithReorient"
     v = info["versions"]
     assert v["python"].startswith("3.") and v["torch"] and v["nnunetv2"] == "2.8.1"
     assert "workflow_commit" in v  # a commit hash inside a git checkout, null outside
-    assert [t["fold"] for t in info["training"]] == [0, 1]
+    assert [t["fold"] for t in info["training"]] == list(range(FOLDS))
     plans = json.loads((b.root / "plans.json").read_text())
     if model == "pansegnet":  # the transformer's size travels with the plans
         assert plans["panseg_network"] == info["network"] == {"d_model": 16, "heads": 2, "layers": 1, "ff_dim": 16,
@@ -83,8 +85,8 @@ def test_workflow_exports_a_complete_bundle(trained_study, tmp_path, model):
         assert B.sha256_file(b.root / rel) == digest
 
 
-def test_export_is_byte_reproducible(trained_study, tmp_path):
-    folder = model_folder(trained_study, "nnunet")
+def test_export_is_byte_reproducible(tiny_study, tmp_path):
+    folder = model_folder(tiny_study, "nnunet")
     cks = [folder / f"fold_{k}" / "checkpoint_final.pth" for k in (1, 0)]
     outs = [B.export_bundle(folder, cks, MODELS["nnunet"], "3d_fullres", "T1", "nnunet", tmp_path / d / "x.tar")
             for d in ("a", "b")]
@@ -92,11 +94,11 @@ def test_export_is_byte_reproducible(trained_study, tmp_path):
     assert B.extract(outs[0], tmp_path / "x").info["folds"] == [0, 1]
 
 
-def test_export_names_a_missing_model_file(trained_study, tmp_path):
+def test_export_names_a_missing_model_file(tiny_study, tmp_path):
     import shutil
 
     folder = tmp_path / "model"
-    shutil.copytree(model_folder(trained_study, "nnunet"), folder)
+    shutil.copytree(model_folder(tiny_study, "nnunet"), folder)
     (folder / "dataset_fingerprint.json").unlink()
     with pytest.raises(B.InputError, match="dataset_fingerprint.json: file does not exist"):
         B.export_bundle(folder, [folder / "fold_0" / "checkpoint_final.pth"], MODELS["nnunet"], "3d_fullres", "T1",
@@ -104,13 +106,13 @@ def test_export_names_a_missing_model_file(trained_study, tmp_path):
 
 
 # ---- refused bundles ----------------------------------------------------------------------
-def test_tampered_checkpoint_is_refused(trained_study, tmp_path):
+def test_tampered_checkpoint_is_refused(tiny_study, tmp_path):
     def flip(name, data):
         if name.endswith("fold_1/checkpoint_final.pth"):
             return data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]
         return data
 
-    bad = rewrite(bundle_file(trained_study, "nnunet"), tmp_path / "bad.tar", flip)
+    bad = rewrite(bundle_file(tiny_study, "nnunet"), tmp_path / "bad.tar", flip)
     dest = tmp_path / "out"
     with pytest.raises(B.BundleError, match=r"fold_1/checkpoint_final.pth: sha256 does not match SHA256SUMS") as e:
         B.extract(bad, dest)
@@ -124,14 +126,14 @@ def test_tampered_checkpoint_is_refused(trained_study, tmp_path):
     (lambda n, d: d.replace(b"3d_fullres", b"2d") if n.endswith("bundle.json") else d,
      "bundle.json: sha256 does not match"),
 ])
-def test_altered_bundle_is_refused(trained_study, tmp_path, change, message):
-    bad = rewrite(bundle_file(trained_study, "nnunet"), tmp_path / "bad.tar", change)
+def test_altered_bundle_is_refused(tiny_study, tmp_path, change, message):
+    bad = rewrite(bundle_file(tiny_study, "nnunet"), tmp_path / "bad.tar", change)
     with pytest.raises(B.BundleError, match=message):
         B.extract(bad, tmp_path / "out")
 
 
-def test_unlisted_file_is_refused(trained_study, tmp_path):
-    src = bundle_file(trained_study, "nnunet")
+def test_unlisted_file_is_refused(tiny_study, tmp_path):
+    src = bundle_file(tiny_study, "nnunet")
     dst = rewrite(src, tmp_path / "bad.tar", lambda n, d: d)
     with tarfile.open(dst, "a") as tf:
         info = tarfile.TarInfo("panseg_T1_nnunet/extra.py")
@@ -185,7 +187,7 @@ class Evil:
         return (Path.touch, (Path(self.marker),))
 
 
-def test_checkpoint_with_pickled_code_is_not_executed(trained_study, tmp_path):
+def test_checkpoint_with_pickled_code_is_not_executed(tiny_study, tmp_path):
     """A bundle whose manifest is right but whose checkpoint carries code: loading it refuses the
     code (torch.load(weights_only=True)) and the code never runs."""
     import shutil
@@ -195,7 +197,7 @@ def test_checkpoint_with_pickled_code_is_not_executed(trained_study, tmp_path):
     from workflow_scripts import segment
 
     folder = tmp_path / "model"
-    shutil.copytree(model_folder(trained_study, "nnunet"), folder, ignore=shutil.ignore_patterns("fold_1"))
+    shutil.copytree(model_folder(tiny_study, "nnunet"), folder, ignore=shutil.ignore_patterns("fold_1"))
     marker = tmp_path / "pwned"
     ck = folder / "fold_0" / "checkpoint_final.pth"
     good = torch.load(ck, weights_only=False)
@@ -204,16 +206,16 @@ def test_checkpoint_with_pickled_code_is_not_executed(trained_study, tmp_path):
     B.extract(path, tmp_path / "x")  # the manifest is consistent: the archive itself is fine
     scans = tmp_path / "scans"
     scans.mkdir()
-    shutil.copy(next((trained_study / "data" / "raw" / "synthetic" / "t1" / "imagesTr").glob("NYU_*")), scans)
+    shutil.copy(next((tiny_study / "data" / "raw" / "synthetic" / "t1" / "imagesTr").glob("NYU_*")), scans)
     with pytest.raises(B.BundleError, match=r"evil.tar: the model cannot be loaded \(UnpicklingError"):
         segment.run(path, scans, tmp_path / "seg", device="cpu", threads=1)
     assert not marker.exists()
 
 
-def test_verify_command(trained_study, tmp_path, capsys):
-    assert B.main(["verify", str(bundle_file(trained_study, "pansegnet"))]) == 0
+def test_verify_command(tiny_study, tmp_path, capsys):
+    assert B.main(["verify", str(bundle_file(tiny_study, "pansegnet"))]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "pansegnet" and len(out["sha256"]) == 64
-    bad = rewrite(bundle_file(trained_study, "pansegnet"), tmp_path / "bad.tar",
+    bad = rewrite(bundle_file(tiny_study, "pansegnet"), tmp_path / "bad.tar",
                   lambda n, d: d + b"\0" if n.endswith("plans.json") else d)
     assert B.main(["verify", str(bad)]) == 2

@@ -206,3 +206,11 @@ def test_versions(tmp_path, monkeypatch):
     assert len(versions.git_info(REPO)["commit"]) == 40
     assert "config_sha256" in (tmp_path / "v.html").read_text(encoding="utf-8")
     assert versions.main(["--config-json", "{not json", "--repo", ".", "--out", str(out)]) == 1
+
+
+def test_cv_name_comes_from_the_setting_column():
+    """Tables name the CV by the fold count the masks were made with, not a fixed '5-fold'."""
+    rows = pd.DataFrame({"setting": ["3-fold-cv", "3-fold-cv", "external"]})
+    assert paper_tables.cv_name(rows) == "3-fold CV"
+    assert paper_tables.cv_name(pd.DataFrame({"setting": ["5-fold-cv", "external"]})) == "5-fold CV"
+    assert paper_tables.cv_name(pd.DataFrame({"case": ["a"]})) == "CV"

@@ -47,39 +47,39 @@ BROKEN = {"broken": "cannot be read as NIfTI", "truncated": "truncated"}
 
 
 @pytest.fixture(scope="module")
-def scan_folder(trained_study, tmp_path_factory):
+def scan_folder(tiny_study, tmp_path_factory):
     root = tmp_path_factory.mktemp("scans")
-    shutil.copy(raw_image(trained_study, "NYU_0001"), root / "NYU_0001_0000.nii.gz")
+    shutil.copy(raw_image(tiny_study, "NYU_0001"), root / "NYU_0001_0000.nii.gz")
     (root / "sub").mkdir()
-    sitk.WriteImage(sitk.ReadImage(str(raw_image(trained_study, "NYU_0004"))), str(root / "sub" / "NYU_0004.nii"))
-    write_series(sitk.ReadImage(str(raw_image(trained_study, "NYU_0002"))), root / "dicom_one", "1.2.826.0.1.3680043.8.498.10")
-    three = sitk.ReadImage(str(raw_image(trained_study, "NYU_0003")))
-    one = sitk.ReadImage(str(raw_image(trained_study, "NYU_0001")))
+    sitk.WriteImage(sitk.ReadImage(str(raw_image(tiny_study, "NYU_0004"))), str(root / "sub" / "NYU_0004.nii"))
+    write_series(sitk.ReadImage(str(raw_image(tiny_study, "NYU_0002"))), root / "dicom_one", "1.2.826.0.1.3680043.8.498.10")
+    three = sitk.ReadImage(str(raw_image(tiny_study, "NYU_0003")))
+    one = sitk.ReadImage(str(raw_image(tiny_study, "NYU_0001")))
     write_series(three, root / "dicom_two", "1.2.826.0.1.3680043.8.498.21", series_number=3, prefix="IM")
     write_series(one, root / "dicom_two", "1.2.826.0.1.3680043.8.498.22", series_number=7, prefix="IM_")
     (root / "broken.nii.gz").write_bytes(b"this is not an image")
-    good = raw_image(trained_study, "NYU_0002").read_bytes()
+    good = raw_image(tiny_study, "NYU_0002").read_bytes()
     (root / "truncated.nii.gz").write_bytes(good[: len(good) // 2])
     (root / "notes.txt").write_text("not a scan")
     return root
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def segmented(request, trained_study, scan_folder, tmp_path_factory):
+def segmented(request, tiny_study, scan_folder, tmp_path_factory):
     model = request.param
     out = tmp_path_factory.mktemp(f"seg-{model}")
-    summary, info = segment.run(bundle_file(trained_study, model), scan_folder, out, device="cpu", threads=2)
+    summary, info = segment.run(bundle_file(tiny_study, model), scan_folder, out, device="cpu", threads=2)
     return model, out, summary, info
 
 
-def test_masks_equal_the_workflow_ensemble(trained_study, segmented, scan_folder):
+def test_masks_equal_the_workflow_ensemble(tiny_study, segmented, scan_folder):
     """The same bundle, the same scans: exactly the masks the workflow's predict_external wrote."""
     model, out, summary, _ = segmented
     ok = summary[summary.status == "ok"].set_index("scan")
     assert sorted(ok.index) == sorted(EXPECTED)
     for scan, (case, via_dicom) in EXPECTED.items():
         mask = sitk.ReadImage(str(out / ok.loc[scan, "mask"]))
-        ref = workflow_mask(trained_study, model, case)
+        ref = workflow_mask(tiny_study, model, case)
         if via_dicom:  # the series' own geometry: compare in one orientation, origin to DICOM's precision
             mask, ref = sitk.DICOMOrient(mask, "LPS"), sitk.DICOMOrient(ref, "LPS")
             assert np.allclose(mask.GetOrigin(), ref.GetOrigin(), atol=1e-3)
@@ -149,13 +149,13 @@ def test_stray_dicom_files_are_reported(tmp_path):
     assert [(s.name, bool(s.problem)) for s in scans] == [("junk_unreadable_dicom", True)]
 
 
-def test_command_exit_status_and_progress(trained_study, scan_folder, tmp_path):
+def test_command_exit_status_and_progress(tiny_study, scan_folder, tmp_path):
     """The command line: progress per scan on stderr, exit 1 when a scan failed (0 with --allow-failures)."""
     scans = tmp_path / "scans"
     scans.mkdir()
     shutil.copy(scan_folder / "NYU_0001_0000.nii.gz", scans)
     shutil.copy(scan_folder / "broken.nii.gz", scans)
-    cmd = [sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(bundle_file(trained_study, "nnunet")),
+    cmd = [sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(bundle_file(tiny_study, "nnunet")),
            "--input", str(scans), "--out", str(tmp_path / "out"), "--threads", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -166,11 +166,11 @@ def test_command_exit_status_and_progress(trained_study, scan_folder, tmp_path):
     assert segment.main([*cmd[3:], "--allow-failures", "--out", str(tmp_path / "out2")]) == 0
 
 
-def test_tampered_bundle_is_refused_by_the_command(trained_study, scan_folder, tmp_path, caplog):
+def test_tampered_bundle_is_refused_by_the_command(tiny_study, scan_folder, tmp_path, caplog):
     import tarfile
 
     bad = tmp_path / "bad.tar"
-    shutil.copy(bundle_file(trained_study, "nnunet"), bad)
+    shutil.copy(bundle_file(tiny_study, "nnunet"), bad)
     with tarfile.open(bad, "a") as tf:  # a second plans.json appended: the ambiguous-name trick
         tf.add(scan_folder / "notes.txt", arcname="panseg_T1_nnunet/plans.json")
     code = segment.main(["--bundle", str(bad), "--input", str(scan_folder), "--out", str(tmp_path / "out")])
@@ -178,20 +178,20 @@ def test_tampered_bundle_is_refused_by_the_command(trained_study, scan_folder, t
     assert not (tmp_path / "out" / "summary.csv").exists()
 
 
-def test_no_scans_and_no_gpu_are_clear_errors(trained_study, tmp_path, caplog):
+def test_no_scans_and_no_gpu_are_clear_errors(tiny_study, tmp_path, caplog):
     import torch
 
     (tmp_path / "empty").mkdir()
-    args = ["--bundle", str(bundle_file(trained_study, "nnunet")), "--out", str(tmp_path / "out")]
+    args = ["--bundle", str(bundle_file(tiny_study, "nnunet")), "--out", str(tmp_path / "out")]
     assert segment.main([*args, "--input", str(tmp_path / "empty")]) == 2
     assert "no NIfTI files (.nii, .nii.gz) or DICOM series found" in caplog.text
     if not torch.cuda.is_available():
-        shutil.copy(raw_image(trained_study, "NYU_0001"), tmp_path / "empty")
+        shutil.copy(raw_image(tiny_study, "NYU_0001"), tmp_path / "empty")
         assert segment.main([*args, "--input", str(tmp_path / "empty"), "--device", "cuda"]) == 2
         assert "torch sees no GPU" in caplog.text
 
 
-def test_snakemake_segment_target(trained_study, scan_folder, tmp_path):
+def test_snakemake_segment_target(tiny_study, scan_folder, tmp_path):
     """`segment:` jobs in config run as one Snakemake job per folder; a built bundle is not rebuilt."""
     import yaml
 
@@ -199,20 +199,20 @@ def test_snakemake_segment_target(trained_study, scan_folder, tmp_path):
     scans.mkdir()
     shutil.copy(scan_folder / "NYU_0001_0000.nii.gz", scans)
     shutil.copytree(scan_folder / "dicom_one", scans / "dicom_one")
-    cfg = {"segment": {"ward7": {"bundle": str(bundle_file(trained_study, "pansegnet")), "input": str(scans),
+    cfg = {"segment": {"ward7": {"bundle": str(bundle_file(tiny_study, "pansegnet")), "input": str(scans),
                                  "device": "cpu"}}}
     extra = tmp_path / "segment.yaml"
     extra.write_text(yaml.safe_dump(cfg))
-    configs = ["--configfile", str(REPO / "tests" / "data" / "bundle.yaml"), str(extra)]
-    dry = snakemake("-n", "segment_all", *configs, workdir=trained_study, timeout=120)  # targets before
+    configs = ["--configfile", str(REPO / "tests" / "data" / "tiny.yaml"), str(extra)]
+    dry = snakemake("-n", "segment_all", *configs, workdir=tiny_study, timeout=120)  # targets before
     # --configfile, which takes every value after it
     assert job_counts(dry.stdout) == {"segment_folder": 1, "segment_all": 1}  # nothing else (re)built
-    snakemake("--cores", "2", "segment_all", *configs, workdir=trained_study, timeout=600)
-    out = trained_study / "results" / "segment" / "ward7"
+    snakemake("--cores", "2", "segment_all", *configs, workdir=tiny_study, timeout=600)
+    out = tiny_study / "results" / "segment" / "ward7"
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.scan) == ["NYU_0001", "dicom_one"] and (summary.status == "ok").all()
-    assert (trained_study / "results" / "logs" / "segment" / "ward7.log").exists()
-    assert (trained_study / "results" / "benchmarks" / "segment" / "ward7.tsv").exists()
-    proc = snakemake("-n", "--configfile", str(REPO / "tests" / "data" / "bundle.yaml"), workdir=trained_study,
+    assert (tiny_study / "results" / "logs" / "segment" / "ward7.log").exists()
+    assert (tiny_study / "results" / "benchmarks" / "segment" / "ward7.tsv").exists()
+    proc = snakemake("-n", "--configfile", str(REPO / "tests" / "data" / "tiny.yaml"), workdir=tiny_study,
                      timeout=120)
     assert "Nothing to be done" in proc.stdout + proc.stderr  # bundles are part of `all`, and up to date

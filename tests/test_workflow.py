@@ -21,18 +21,16 @@ def _tiny_models():
     cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
     models = list(cfg["models"])
     ref = (cfg.get("statistics") or {}).get("reference_model")
-    return models, ref or ("pansegnet" if "pansegnet" in models else models[0])
+    return models, ref or ("pansegnet" if "pansegnet" in models else models[0]), cfg["folds"]
 
 
-TINY_MODELS, TINY_REFERENCE = _tiny_models()
+TINY_MODELS, TINY_REFERENCE, FOLDS = _tiny_models()
 MODELS = TINY_MODELS
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("wf")
-    snakemake("--cores", "2", "--configfile", str(TINY), workdir=work, timeout=1500)
-    return work
+def run_dir(tiny_study):
+    return tiny_study  # the shared tiny run (tests/conftest.py)
 
 
 def test_manifest(run_dir):
@@ -44,7 +42,7 @@ def test_manifest(run_dir):
 
 def test_folds_grouped_by_participant(run_dir):
     folds = pd.read_csv(run_dir / "data" / "splits" / "T1.tsv", sep="\t")
-    assert len(folds) == 12 and folds.fold.nunique() == 5
+    assert len(folds) == 12 and folds.fold.nunique() == FOLDS
     assert (folds.groupby("participant_id").fold.nunique() == 1).all()
 
 
@@ -110,7 +108,7 @@ def test_paper_tables_and_figures(run_dir):
             assert (figs / f"{stem}.{ext}").exists(), f"{stem}.{ext}"
         assert "SYNTHETIC" in (figs / f"{stem}.svg").read_text(encoding="utf-8"), stem
     for m in TINY_MODELS:
-        assert len(pd.read_csv(figs / m / "training_curves.tsv", sep="\t")) == 5 * 2  # 5 folds x 2 epochs
+        assert len(pd.read_csv(figs / m / "training_curves.tsv", sep="\t")) == FOLDS * 2  # folds x 2 epochs
         assert pd.read_csv(figs / m / "overlays.tsv", sep="\t").pick.tolist() == ["best", "median", "worst"]
 
 
@@ -144,7 +142,7 @@ def test_masks_in_original_geometry(run_dir, model):
                                         ("axunet", "AXUNetTrainer__nnUNetPlans__2d")])
 def test_training_outputs(run_dir, model, run):
     folds = sorted((run_dir / "results" / "T1" / model / "Dataset901_T1" / run).glob("fold_*"))
-    assert len(folds) == 5
+    assert len(folds) == FOLDS
     for f in folds:
         assert (f / "checkpoint_final.pth").exists() and (f / "train_info.json").exists()
         curve = pd.read_csv(f / "training_curve.tsv", sep="\t")
@@ -164,7 +162,7 @@ def test_new_budget_retrains_only_training_and_after(run_dir, tmp_path):
     path = tmp_path / "more.yaml"
     path.write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--configfile", str(path), workdir=run_dir, timeout=120).stdout)
-    assert counts.get("train") == 5 * len(MODELS) and counts.get("train_loco") == 3
+    assert counts.get("train") == FOLDS * len(MODELS) and counts.get("train_loco") == 3
     for upstream in ("synthetic_source", "prepare_center", "preprocess", "split", "nnunet_raw"):
         assert upstream not in counts
 
@@ -173,12 +171,13 @@ def test_leave_one_center_out(run_dir):
     for center in ("AHN", "MCF", "NWU"):
         loco = pd.read_csv(run_dir / "results" / "T1" / "nnunet" / "centers" / center / "loco_metrics.tsv", sep="\t")
         cv = pd.read_csv(run_dir / "results" / "T1" / "nnunet" / "centers" / center / "metrics.tsv", sep="\t")
-        assert (loco.setting == "held-out-center").all() and (cv.setting == "5-fold-cv").all()
+        assert (loco.setting == "held-out-center").all() and (cv.setting == f"{FOLDS}-fold-cv").all()
         assert sorted(loco.case) == sorted(cv.case)
     table = pd.read_csv(run_dir / "results" / "tables" / "loco.csv")
     assert table.center.tolist() == ["AHN", "MCF", "NWU"] and set(table.model) == {"nnunet"}
     assert {"dice_cv_mean", "dice_loco_mean", "dice_p_holm", "hd95_p_holm"} <= set(table.columns)
-    assert "held-out" in (run_dir / "results" / "tables" / "loco.md").read_text(encoding="utf-8")
+    md = (run_dir / "results" / "tables" / "loco.md").read_text(encoding="utf-8")
+    assert "held-out" in md and f"{FOLDS}-fold CV" in md
     splits = json.loads((run_dir / "data" / "splits" / "T1_loco.json").read_text(encoding="utf-8"))
     assert [s["center"] for s in splits] == ["AHN", "MCF", "NWU"]
     for s in splits:
@@ -287,7 +286,7 @@ def test_bundles_segment_like_the_workflow(run_dir, tmp_path, model):
     shutil.copy(run_dir / m.image["NYU_0001"], scans / "NYU_0001_0000.nii.gz")
     bundle = run_dir / "results" / "T1" / model / "bundle" / f"panseg_T1_{model}.tar"
     summary, info = segment.run(bundle, scans, tmp_path / "out", device="cpu", threads=1)
-    assert list(summary.status) == ["ok"] and info["folds"] == [0, 1, 2, 3, 4]
+    assert list(summary.status) == ["ok"] and info["folds"] == list(range(FOLDS))
     ours = sitk.ReadImage(str(tmp_path / "out" / "masks" / "NYU_0001.nii.gz"))
     ref = sitk.ReadImage(str(run_dir / "results" / "T1" / model / "centers" / "NYU" / "ensemble_masks" / "NYU_0001.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))

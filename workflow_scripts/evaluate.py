@@ -85,7 +85,7 @@ def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str, setting: str = "")
     for pos, col in enumerate(["modality", "center", "participant_id", "role", "data_source"]):
         df.insert(1 + pos, col, meta[col].fillna("").values if col in meta else "")
     df.insert(2, "model", model)
-    df.insert(3, "setting", setting)  # 5-fold-cv, external or held-out-center
+    df.insert(3, "setting", setting)  # <k>-fold-cv, external or held-out-center
     return df
 
 
@@ -95,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--ref", help="folder of reference masks (matched by file name)")
     ap.add_argument("--cases", help="manifest TSV (workflow use; reference = its label column)")
     ap.add_argument("--model", default="")
-    ap.add_argument("--setting", default="", help="how the masks were made: 5-fold-cv, external, held-out-center")
+    ap.add_argument("--setting", default="", help="how the masks were made: <k>-fold-cv, external, held-out-center")
     ap.add_argument("--out", required=True, help="output table (.csv or .tsv)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -1,4 +1,4 @@
-"""Cross-center generalisation table: 5-fold CV (in-distribution) vs leave-one-center-out.
+"""Cross-center generalisation table: k-fold CV (in-distribution) vs leave-one-center-out.
 
 For each modality x model x training center C: the same cases of C segmented two ways, by the
 CV fold that held them out (trained on every center, C included) and by the model trained
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from .paper_tables import Table, describe, fmt_p, pm, write_outputs
+from .paper_tables import Table, cv_name, describe, fmt_p, pm, write_outputs
 from .stats import holm, paired_ttest, read_metrics
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ METRICS = (("dice", "Dice (%)", 1, 100.0), ("hd95_mm", "HD95 (mm)", 2, 1.0))
 
 def loco_table(cv: pd.DataFrame, loco: pd.DataFrame) -> Table:
     rows, shown, tests = [], [], []
+    cv_label = cv_name(cv)  # "5-fold CV" from the metrics' setting column
     for (modality, model, center), held in loco.groupby(["modality", "model", "center"], sort=True):
         ind = cv[(cv.modality == modality) & (cv.model == model) & (cv.center == center)]
         row = dict(modality=modality, model=model, center=center)
@@ -39,7 +40,7 @@ def loco_table(cv: pd.DataFrame, loco: pd.DataFrame) -> Table:
                         f"{key}_loco_mean": b[f"{key}_mean"], f"{key}_loco_sd": b[f"{key}_sd"],
                         f"{key}_diff": test["mean_diff"], f"{key}_p": test["p"]})
             disp["n"] = len(pair)
-            disp[f"{label} 5-fold CV"] = pm(a[f"{key}_mean"], a[f"{key}_sd"], digits, scale)
+            disp[f"{label} {cv_label}"] = pm(a[f"{key}_mean"], a[f"{key}_sd"], digits, scale)
             disp[f"{label} held-out center"] = pm(b[f"{key}_mean"], b[f"{key}_sd"], digits, scale)
             disp[f"Δ {label}"] = f"{test['mean_diff'] * scale:+.{digits}f}" if np.isfinite(test["mean_diff"]) else "n/a"
             tests.append((len(rows), key))
@@ -56,17 +57,17 @@ def loco_table(cv: pd.DataFrame, loco: pd.DataFrame) -> Table:
         for i in range(len(display)):
             display.loc[i, "p Dice"] = fmt_p(data.at[i, "dice_p_holm"])
             display.loc[i, "p HD95"] = fmt_p(data.at[i, "hd95_p_holm"])
-    notes = ["Each training center's cases segmented by the 5-fold CV model that held them out (trained with the "
+    notes = [f"Each training center's cases segmented by the {cv_label} model that held them out (trained with the "
              "other cases of that center) and by the model trained without the center (leave-one-center-out).",
              "Δ = held-out − CV, paired over the center's cases; p: paired t-test, Holm-corrected across every test "
              "of this table."]
     synthetic = "synthetic" in ",".join(loco.data_source.astype(str))
-    return Table("loco", "Cross-center generalisation: 5-fold CV vs held-out center", data, display, notes,
+    return Table("loco", f"Cross-center generalisation: {cv_label} vs held-out center", data, display, notes,
                  synthetic, 3)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="5-fold CV vs leave-one-center-out table.")
+    ap = argparse.ArgumentParser(description="k-fold CV vs leave-one-center-out table.")
     ap.add_argument("--cv", nargs="+", required=True, help="per-center metrics of the CV (out-of-fold) masks")
     ap.add_argument("--loco", nargs="+", required=True, help="per-center metrics of the held-out-center masks")
     ap.add_argument("--out-dir", required=True)

@@ -66,6 +66,12 @@ def pm(mean, sd, digits=1, scale=1.0) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
 
 
+def cv_name(rows: pd.DataFrame) -> str:
+    """'5-fold CV' from the per-case `setting` column (evaluate --setting), 'CV' where it is absent."""
+    settings = {str(s) for s in rows.get("setting", pd.Series(dtype=str)).dropna() if str(s).endswith("-fold-cv")}
+    return settings.pop().replace("-fold-cv", "-fold CV") if len(settings) == 1 else "CV"
+
+
 def fmt_p(p) -> str:
     if p is None or pd.isna(p):
         return "n/a"
@@ -181,7 +187,7 @@ def cross_center_table(per_case, comparisons, reference, configured=None) -> Tab
                     disp[f"{model} p {short}"] = fmt_p(c.p_holm) if c is not None else "n/a"
         rows.append(row)
         shown.append(disp)
-    notes = ["A row per center; role train-cv = out-of-fold predictions of 5-fold cross-validation, external = "
+    notes = [f"A row per center; role train-cv = out-of-fold predictions of {cv_name(per_case)}, external = "
              "never trained on, segmented by the fold ensemble. Dice (%) and HD95 (mm): mean ± sd over the "
              "center's cases."]
     if len(models) > 1:
