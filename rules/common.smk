@@ -432,7 +432,9 @@ def modality_param(key):
 
 def setting_of_center(wildcards):
     """How a center's cases were predicted: out-of-fold (5-fold CV) or by the ensemble (external)."""
-    return f"{config['folds']}-fold-cv" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "external"
+    return (
+        f"{config['folds']}-fold-cv" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "external"
+    )
 
 
 def role_of_center(wildcards):
