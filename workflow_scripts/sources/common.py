@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InputError
@@ -26,24 +25,6 @@ def retry_policy(settings: dict) -> RetryPolicy:
         timeout_s=float(settings.get("timeout_s", defaults.timeout_s)),
         progress_s=float(settings.get("progress_s", defaults.progress_s)),
     )
-
-
-@contextmanager
-def building(out):
-    """Yield a temporary folder beside `out`; it replaces `out` only if the block succeeds."""
-    out = Path(out)
-    tmp = out.parent / f".part-{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def place_copy(src: Path, dest: Path) -> None:

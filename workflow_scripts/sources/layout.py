@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_dir, atomic_path, write_text
 from ..errors import InputError
 from ..prepare import find_dataset_dirs
 from .archive import archive_stem, is_archive_name, safe_extract
@@ -195,11 +195,7 @@ def import_dataset(src_root, out, *, layout="auto", center=None, foreground_labe
         raise InputError(src_root, "source folder does not exist")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    tmp = out.parent / f".part-{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         if layout == "auto":
             try:
                 images_dir, labels_dir = find_dataset_dirs(src_root)
@@ -243,10 +239,4 @@ def import_dataset(src_root, out, *, layout="auto", center=None, foreground_labe
             log.info("%s: %d cases imported as %s_NNNN (%s), %d dropped %s, %d labels merged to 1",
                      src_root, len(cases), center, mode, len(dropped), dropped, merged_voxels)
         write_text(tmp / "import.json", json.dumps(summary, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return summary

@@ -28,10 +28,10 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import write_text
+from ..atomic import atomic_dir, write_text
 from ..errors import InputError
 from .archive import archive_stem, is_archive_name, safe_extract
-from .common import building, cli, place_copy, retry_policy
+from .common import cli, place_copy, retry_policy
 from .download import (DownloadError, Expected, check_token_transport, download, get_json, make_session,
                        token_from_env)
 
@@ -171,7 +171,7 @@ def fetch(settings: dict, out, downloads, name: str = "osf") -> dict:
         status = download(session, f.url, local, exp, policy, name=f.path.lstrip("/"))
         fetched += status == "downloaded"
         record.append({**asdict(f), "status": status, "verified_with": "sha256" if exp.sha256 else "md5"})
-    with building(out) as tmp:
+    with atomic_dir(out) as tmp:
         for f in files:
             local = downloads / f.path.lstrip("/")
             if s["extract"] and is_archive_name(f.path):
