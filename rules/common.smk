@@ -286,10 +286,6 @@ def data_sources_all():
 
 
 # ---- input functions ---------------------------------------------------------------------
-def raw_for_modality(wildcards):
-    return raw_dir(wildcards.modality)
-
-
 def raw_for_center(wildcards):
     """Only this center's source: a new center's source does not re-run other centers' jobs."""
     return raw_dir(wildcards.modality, wildcards.center)

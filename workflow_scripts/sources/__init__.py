@@ -5,7 +5,7 @@
     local      a folder the user already has (nnU-Net raw, Decathlon or PanSegData layout)
     synthetic  the embedded demo (``workflow_scripts.synthetic``)
 
-Shared pieces: ``http`` (resumable, retried, checksum-verified downloads), ``archive`` (safe
+Shared pieces: ``download`` (resumable, retried, checksum-verified downloads), ``archive`` (safe
 extraction of zip and tar files) and ``layout`` (conversion of other layouts into
 ``imagesTr/<CENTER>_<NNNN>_0000.nii.gz`` + ``labelsTr/<CENTER>_<NNNN>.nii.gz`` + a name mapping).
 Downloads are kept in a cache folder outside ``data/raw`` so that a failed or re-run job resumes

@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_dir
 from ..errors import InputError
 from .download import human_bytes
 
@@ -148,17 +149,12 @@ def safe_extract(archive, dest) -> dict:
             raise InputError(archive, f"member {m.name!r} is a hard link to {m.link!r}, which is not in the archive; "
                                       "refusing to extract")
     total = sum(m.size for m in keep)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".part-{dest.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     log.info("%s: extracting %d members (%s)%s", archive.name, len(keep), human_bytes(total),
              f", skipping {skipped} macOS metadata entries" if skipped else "")
     done, t_last = 0, time.monotonic()
     try:
         opener = zipfile.ZipFile(archive) if zipfile.is_zipfile(archive) else tarfile.open(archive, "r:*")
-        with opener as arc:
+        with atomic_dir(dest) as tmp, opener as arc:
             for i, m in enumerate(keep, 1):
                 target = tmp / m.name
                 folder = target if m.kind == "dir" else target.parent
@@ -189,11 +185,7 @@ def safe_extract(archive, dest) -> dict:
                     t_last = time.monotonic()
                     log.info("%s: extracted %d/%d members (%s of %s)", archive.name, i, len(keep),
                              human_bytes(done), human_bytes(total))
-        os.replace(tmp, dest)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise InputError(archive, f"cannot be extracted ({type(exc).__name__}: {exc})") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("%s: extracted %d members (%s) into %s", archive.name, len(keep), human_bytes(done), dest)
     return {"members": len(keep), "bytes": done, "skipped": skipped}

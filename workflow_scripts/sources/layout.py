@@ -146,8 +146,8 @@ def place(src: Path, dest: Path, mode: str) -> None:
         raise ValueError(mode)
 
 
-def merge_label(src: Path, dest: Path, foreground) -> int:
-    """Write `src` with every value in `foreground` as 1 and 0 elsewhere; returns foreground voxels."""
+def merge_label(src: Path, dest: Path, foreground) -> None:
+    """Write `src` with every value in `foreground` as 1 and 0 elsewhere."""
     import SimpleITK as sitk
 
     from ..pairs import read_image
@@ -163,7 +163,6 @@ def merge_label(src: Path, dest: Path, foreground) -> int:
     merged.CopyInformation(img)
     with atomic_path(dest) as tmp:
         sitk.WriteImage(merged, str(tmp), useCompression=True)
-    return int(np.count_nonzero(sitk.GetArrayViewFromImage(merged)))
 
 
 def mirror(src_root: Path, out: Path, mode: str) -> dict:
@@ -220,14 +219,14 @@ def import_dataset(src_root, out, *, layout="auto", center=None, foreground_labe
             cases = list_cases(images_dir, labels_dir, layout)
             cases, dropped = drop(cases, drop_cases)
             ids = new_ids(cases, center)
-            merged_voxels = 0
+            labels_merged = 0
             for i, c in enumerate(cases, 1):
                 new = ids[c.original]
                 ext = ".nii.gz" if c.image.name.endswith(".gz") else ".nii"
                 place(c.image, tmp / "imagesTr" / f"{new}_0000{ext}", mode)
                 if foreground_labels:
                     merge_label(c.label, tmp / "labelsTr" / f"{new}.nii.gz", foreground_labels)
-                    merged_voxels += 1
+                    labels_merged += 1
                 else:
                     lext = ".nii.gz" if c.label.name.endswith(".gz") else ".nii"
                     place(c.label, tmp / "labelsTr" / f"{new}{lext}", mode)
@@ -235,8 +234,8 @@ def import_dataset(src_root, out, *, layout="auto", center=None, foreground_labe
                     log.info("%s: %d/%d cases imported", src_root.name, i, len(cases))
             write_text(tmp / "name_mapping.json", json.dumps(ids, indent=1, sort_keys=True) + "\n")
             summary.update(center=center, cases=len(cases), dropped=dropped,
-                           labels_merged=merged_voxels, foreground_labels=list(foreground_labels or []))
+                           labels_merged=labels_merged, foreground_labels=list(foreground_labels or []))
             log.info("%s: %d cases imported as %s_NNNN (%s), %d dropped %s, %d labels merged to 1",
-                     src_root, len(cases), center, mode, len(dropped), dropped, merged_voxels)
+                     src_root, len(cases), center, mode, len(dropped), dropped, labels_merged)
         write_text(tmp / "import.json", json.dumps(summary, indent=1) + "\n")
     return summary
