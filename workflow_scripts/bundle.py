@@ -45,6 +45,7 @@ from pathlib import Path
 
 from .atomic import atomic_path
 from .errors import InputError
+from .sources.download import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,7 @@ class Bundle:
 
 # ---- export ---------------------------------------------------------------------------------
 def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _version(dist: str) -> str | None:
@@ -372,9 +369,10 @@ def opened(archive, workdir=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def version_differences(info: dict) -> list[str]:
-    """Differences between the software that made a bundle and the one reading it (warnings)."""
-    here = software_versions()
+def version_differences(info: dict, here: dict | None = None) -> list[str]:
+    """Differences between the software that made a bundle and the one reading it (`here`, by
+    default software_versions()): warnings."""
+    here = here or software_versions()
     return [f"{k} {info['versions'].get(k)} (bundle) vs {here[k]} (here)" for k in ("torch", "nnunetv2")
             if info.get("versions", {}).get(k) and here[k] and info["versions"][k] != here[k]]
 

@@ -248,7 +248,8 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
             if len(channels) != 1:
                 raise BundleError(bundle.archive, f"the model takes {len(channels)} input channels "
                                                   f"({', '.join(channels.values())}); segment reads one scan per case")
-            for diff in version_differences(info):
+            here = software_versions()
+            for diff in version_differences(info, here):
                 log.warning("bundle made with other software: %s", diff)
             scans, ignored = find_scans(input_dir, exclude=[out_dir])
             if ignored:
@@ -274,7 +275,7 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
                 "bundle": str(bundle.archive), "bundle_sha256": bundle.sha256, "bundle_name": info.get("name"),
                 "modality": info.get("modality"), "model": info.get("model"), "trainer": info["trainer"],
                 "configuration": info["configuration"], "folds": info.get("folds"),
-                "bundle_versions": info.get("versions"), "versions": software_versions(),
+                "bundle_versions": info.get("versions"), "versions": here,
                 "input": str(input_dir), "device": str(dev), "threads": threads, "mirroring": bool(mirroring),
                 "step_size": step_size, "scans": len(summary), "ok": int((summary.status == "ok").sum()),
                 "failed": int((summary.status != "ok").sum()), "seconds": round(time.time() - t_start, 1),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
 from ..models.pansegnet import PanSegNet
 from .base import PanSegTrainer
 
@@ -15,13 +13,6 @@ class PanSegNetTrainer(PanSegTrainer):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                    enable_deep_supervision=True):
-        unet = get_network_from_plans(
-            configuration_manager.network_arch_class_name,
-            configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import,
-            num_input_channels,
-            num_output_channels,
-            allow_init=True,
-            deep_supervision=enable_deep_supervision,
-        )
+        unet = PanSegTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision)
         return PanSegNet(unet, **plans_manager.plans.get("panseg_network", {}))
