@@ -22,7 +22,7 @@ rule export_bundle:
         model_folder=model_folder,
         trainer=model_param("trainer"),
         configuration=model_param("configuration"),
-        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
+        mirroring=MIRRORING_FLAG,
         step=config["inference"]["step_size"],
     shell:
         "python -m workflow_scripts.bundle export --model-folder {params.model_folder} "

@@ -172,14 +172,17 @@ def plan_json():
     return json.dumps(config["plan"].get("configurations", {}), separators=(",", ":"), sort_keys=True)
 
 
+# Test-time mirroring as the training, prediction and bundle commands take it.
+MIRRORING_FLAG = "--mirroring" if config["inference"]["mirroring"] else "--no-mirroring"
+
+
 def training_params():
     return dict(sorted(config["training"].items()))
 
 
 # ---- paths of rule outputs -------------------------------------------------------------
 def raw_dir(modality, center=None):
-    source = center_source(modality, center) if center else config["modalities"][modality]["source"]
-    return f"{DATA}/raw/{source}"
+    return f"{DATA}/raw/{center_source(modality, center)}"
 
 
 def center_table(modality, center):
@@ -346,23 +349,23 @@ def loco_validation(wildcards):
     return f"{fold_dir(wildcards.modality, wildcards.model, fold, 'loco')}/validation"
 
 
-def loco_metrics_all(wildcards=None):
+def _loco_center_files(name):
+    """`name` in every center folder of the leave-one-center-out experiment's modalities and models."""
     return [
-        f"{RESULTS}/{m}/{model}/centers/{c}/loco_metrics.tsv"
+        f"{RESULTS}/{m}/{model}/centers/{c}/{name}"
         for m in loco_modalities()
         for model in LOCO_MODELS
         for c in centers(m, "train-cv")
     ]
+
+
+def loco_metrics_all(wildcards=None):
+    return _loco_center_files("loco_metrics.tsv")
 
 
 def loco_cv_metrics(wildcards=None):
-    """The 5-fold CV metrics of the centers and models of the leave-one-center-out experiment."""
-    return [
-        f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv"
-        for m in loco_modalities()
-        for model in LOCO_MODELS
-        for c in centers(m, "train-cv")
-    ]
+    """The k-fold CV metrics of the same centers and models."""
+    return _loco_center_files("metrics.tsv")
 
 
 def loco_table_all():

@@ -45,7 +45,7 @@ rule predict_external:
         model_folder=model_folder,
         trainer=model_param("trainer"),
         configuration=model_param("configuration"),
-        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
+        mirroring=MIRRORING_FLAG,
         step=config["inference"]["step_size"],
         device=config["inference"]["device"],
     shell:

@@ -29,7 +29,7 @@ rule train:
         network=model_network_json,
         results=checked_results_root,
         t=training_params(),
-        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
+        mirroring=MIRRORING_FLAG,
     shell:
         "python -m workflow_scripts.train --preprocessed-root {input.preprocessed} --raw-root {input.raw} "
         "--results-root {params.results} "
@@ -62,4 +62,4 @@ use rule train as train_loco with:
         network=model_network_json,
         results=checked_loco_results_root,
         t=training_params(),
-        mirroring="--mirroring" if config["inference"]["mirroring"] else "--no-mirroring",
+        mirroring=MIRRORING_FLAG,

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from .paper_tables import Table, cv_name, describe, fmt_p, pm, write_outputs
-from .stats import holm, paired_ttest, read_metrics
+from .stats import _pairs, holm, paired_ttest, read_metrics
 
 log = logging.getLogger(__name__)
-METRICS = (("dice", "Dice (%)", 1, 100.0), ("hd95_mm", "HD95 (mm)", 2, 1.0))
+METRICS = (("dice", "dice", "Dice (%)", 1, 100.0), ("hd95_mm", "hd95", "HD95 (mm)", 2, 1.0))  # column, key, ...
 
 
 def loco_table(cv: pd.DataFrame, loco: pd.DataFrame) -> Table:
@@ -30,16 +30,14 @@ def loco_table(cv: pd.DataFrame, loco: pd.DataFrame) -> Table:
         ind = cv[(cv.modality == modality) & (cv.model == model) & (cv.center == center)]
         row = dict(modality=modality, model=model, center=center)
         disp = {"Modality": modality, "Model": model, "Center": center, "n": 0}
-        for metric, label, digits, scale in METRICS:
-            pair = ind[["case", metric]].merge(held[["case", metric]], on="case", suffixes=("_cv", "_loco")).dropna()
-            x, y = pair[f"{metric}_loco"].to_numpy(float), pair[f"{metric}_cv"].to_numpy(float)
+        a, b = describe(ind), describe(held)
+        for metric, key, label, digits, scale in METRICS:
+            x, y, _ = _pairs(held, ind, metric)  # held-out-center vs CV, paired by case
             test = paired_ttest(x, y)
-            a, b = describe(ind), describe(held)
-            key = "dice" if metric == "dice" else "hd95"
-            row.update({"n": len(pair), f"{key}_cv_mean": a[f"{key}_mean"], f"{key}_cv_sd": a[f"{key}_sd"],
+            row.update({"n": len(x), f"{key}_cv_mean": a[f"{key}_mean"], f"{key}_cv_sd": a[f"{key}_sd"],
                         f"{key}_loco_mean": b[f"{key}_mean"], f"{key}_loco_sd": b[f"{key}_sd"],
                         f"{key}_diff": test["mean_diff"], f"{key}_p": test["p"]})
-            disp["n"] = len(pair)
+            disp["n"] = len(x)
             disp[f"{label} {cv_label}"] = pm(a[f"{key}_mean"], a[f"{key}_sd"], digits, scale)
             disp[f"{label} held-out center"] = pm(b[f"{key}_mean"], b[f"{key}_sd"], digits, scale)
             disp[f"Δ {label}"] = f"{test['mean_diff'] * scale:+.{digits}f}" if np.isfinite(test["mean_diff"]) else "n/a"

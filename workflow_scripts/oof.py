@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import atomic_dir
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,9 @@ def collect(cases: pd.DataFrame, validation_dirs, out_dir) -> int:
     missing = sorted(set(cases.case_id) - set(found))
     if missing:
         raise InputError(validation_dirs[0], f"no out-of-fold prediction for {len(missing)} cases, e.g. {missing[:3]}")
-    out = Path(out_dir)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for case in sorted(cases.case_id):
-        shutil.copy2(found[case], tmp / found[case].name)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out_dir) as tmp:
+        for case in sorted(cases.case_id):
+            shutil.copy2(found[case], tmp / found[case].name)
     return len(cases)
 
 

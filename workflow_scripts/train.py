@@ -73,8 +73,8 @@ def write_curve(trainer, path: Path) -> None:
     df.to_csv(path, sep="\t", index=False)
 
 
-def predict_validation(trainer, raw_dataset: Path, out_dir: Path, mirroring: bool) -> float:
-    """Predict the fold's validation cases into out_dir; return their mean Dice."""
+def predict_validation(trainer, raw_dataset: Path, out_dir: Path, mirroring: bool) -> list[float]:
+    """Predict the fold's validation cases into out_dir; return their Dice values."""
     import pandas as pd
 
     from .evaluate import evaluate_pair
@@ -89,8 +89,7 @@ def predict_validation(trainer, raw_dataset: Path, out_dir: Path, mirroring: boo
     cases = pd.DataFrame({"case_id": val_keys, "image": [str(raw_dataset / "imagesTr" / f"{k}_0000.nii.gz")
                                                          for k in val_keys]})
     predict_cases(predictor, cases, out_dir)
-    dice = [evaluate_pair(out_dir / f"{k}.nii.gz", raw_dataset / "labelsTr" / f"{k}.nii.gz")["dice"] for k in val_keys]
-    return float(np.mean(dice))
+    return [evaluate_pair(out_dir / f"{k}.nii.gz", raw_dataset / "labelsTr" / f"{k}.nii.gz")["dice"] for k in val_keys]
 
 
 def train_fold(args) -> Path:
@@ -127,8 +126,8 @@ def train_fold(args) -> Path:
         "modality": args.modality, "trainer": args.trainer, "configuration": args.configuration, "fold": args.fold,
         "epochs": args.epochs, "iterations_per_epoch": args.iterations, "initial_lr": args.lr, "optimizer": args.optimizer, "seed": args.seed,
         "device": str(device), "threads": args.threads, "train_seconds": round(t_train, 1),
-        "total_seconds": round(time.time() - t0, 1), "validation_mean_dice": round(val_dice, 4),
-        "n_validation_cases": len(list((out / "validation").glob("*.nii.gz"))),
+        "total_seconds": round(time.time() - t0, 1), "validation_mean_dice": round(float(np.mean(val_dice)), 4),
+        "n_validation_cases": len(val_dice),
     }
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log.info("fold %d done: validation Dice %.3f in %.0f s", args.fold, info["validation_mean_dice"], info["total_seconds"])
