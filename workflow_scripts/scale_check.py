@@ -45,7 +45,7 @@ def fake_tables(cfg: dict, workdir: Path, scans: dict[str, int]) -> int:
                                  image=str(image.relative_to(workdir)), label=str(label.relative_to(workdir)),
                                  role="train-cv" if center in mc["train_centers"] else "external",
                                  data_source="placeholder", spacing="1x1x1", label_voxels=1, notes=""))
-            image.parent.mkdir(parents=True, exist_ok=True)
+            (data / "placeholder" / modality).mkdir(parents=True, exist_ok=True)
             for r in rows:
                 (workdir / r["image"]).touch()
                 (workdir / r["label"]).touch()
@@ -80,8 +80,7 @@ def main(argv=None):
             (path if path.is_absolute() else work / path).mkdir(parents=True, exist_ok=True)
     cfg_path = work / "scale_config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    n = fake_tables(cfg, work, dict(s.split("=") for s in args.scans) and {k: int(v) for k, v in
-                                                                         (s.split("=") for s in args.scans)})
+    n = fake_tables(cfg, work, {k: int(v) for k, v in (s.split("=") for s in args.scans)})
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--quiet", "rules",
