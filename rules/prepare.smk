@@ -6,7 +6,7 @@ localrules:
     manifest,
     nnunet_raw,
     split,
-    loco_split,
+    nnunet_raw_loco,
 
 
 checkpoint prepare_center:
@@ -100,15 +100,11 @@ rule split:
         "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
 
 
-rule loco_split:
-    """Leave-one-center-out: fold k trains on every training center but the k-th (sorted)."""
+use rule nnunet_raw as nnunet_raw_loco with:
     input:
-        train_center_tables,
+        tables=loco_train_center_tables,
+        files=loco_train_files,
     output:
-        f"{DATA}/splits/{{modality}}_loco.json",
+        directory(f"{DATA}/nnunet_raw_loco/{{modality}}/{{center}}"),
     log:
-        f"{DATA}/logs/loco_split_{{modality}}.log",
-    conda:
-        "../envs/data.yaml"
-    shell:
-        "python -m workflow_scripts.splits --loco --cases {input} --out-json {output} > {log} 2>&1"
+        f"{DATA}/logs/nnunet_raw_loco_{{modality}}_{{center}}.log",

@@ -178,10 +178,29 @@ def test_leave_one_center_out(run_dir):
     assert {"dice_cv_mean", "dice_loco_mean", "dice_p_holm", "hd95_p_holm"} <= set(table.columns)
     md = (run_dir / "results" / "tables" / "loco.md").read_text(encoding="utf-8")
     assert "held-out" in md and f"{FOLDS}-fold CV" in md
-    splits = json.loads((run_dir / "data" / "splits" / "T1_loco.json").read_text(encoding="utf-8"))
-    assert [s["center"] for s in splits] == ["AHN", "MCF", "NWU"]
-    for s in splits:
-        assert all(c.startswith(s["center"]) for c in s["val"]) and not any(c.startswith(s["center"]) for c in s["train"])
+
+
+def test_loco_models_never_see_their_center(run_dir):
+    """Each held-out-center model has its own raw dataset, fingerprint, plan and preprocessed data,
+    made from the other training centers only; no scan of the held-out center reaches it."""
+    cases = pd.read_csv(run_dir / "data" / "manifest.tsv", sep="\t")
+    for center in ("AHN", "MCF", "NWU"):
+        own = set(cases.case_id[cases.center == center])
+        others = set(cases.case_id[(cases.role == "train-cv") & (cases.center != center)])
+        raw = run_dir / "data" / "nnunet_raw_loco" / "T1" / center / "Dataset901_T1"
+        assert {p.name[: -len("_0000.nii.gz")] for p in (raw / "imagesTr").iterdir()} == others
+        assert {p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").iterdir()} == others
+        assert json.loads((raw / "dataset.json").read_text())["numTraining"] == len(others)
+        pre = run_dir / "data" / "nnunet_preprocessed_loco" / "T1" / center / "Dataset901_T1"
+        fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
+        assert len(fingerprint["shapes_after_crop"]) == len(others)
+        stems = {p.name.split(".")[0] for p in pre.rglob("*") if p.is_file() and p.name.startswith(("AHN", "MCF", "NWU"))}
+        assert stems == others and not stems & own
+        info = json.loads(next((run_dir / "results" / "T1" / "nnunet" / "loco" / center).rglob("train_info.json"))
+                          .read_text())
+        assert info["recipe"]["experiment"] == "loco" and info["recipe"]["fold"] == center
+        log = next((run_dir / "results" / "T1" / "nnunet" / "loco" / center).rglob("training_log_*.txt")).read_text()
+        assert not any(c in log for c in own), f"a {center} scan appears in its held-out model's training log"
 
 
 def dry_run_counts(run_dir, cfg_path):
@@ -246,14 +265,20 @@ def test_interrupted_training_resumes(run_dir, tmp_path):
     import sys
     import time
 
-    args = [sys.executable, "-m", "workflow_scripts.train", "--preprocessed-root",
-            str(run_dir / "data" / "nnunet_preprocessed" / "T1"), "--raw-root", str(run_dir / "data" / "nnunet_raw" / "T1"),
-            "--results-root", str(tmp_path / "res"),
-            "--dataset-id", "901", "--modality", "T1", "--trainer", "workflow_scripts.trainers.nnunet:NnUNetTrainer",
-            "--fold", "0", "--splits", str(run_dir / "data" / "splits" / "T1.json"), "--epochs", "6",
-            "--iterations", "2", "--val-iterations", "1", "--save-every", "1", "--optimizer", "adamw", "--lr", "0.003",
-            "--no-mirroring"]
+    from workflow_scripts import recipe
+
+    plan = {"planner": "ExperimentPlanner", "target_spacing": [4.0, 3.0, 3.0],
+            "configurations": {"3d_fullres": {"features_per_stage": [4, 8, 16], "batch_size": 2}}}
+    r = recipe.training_recipe(modality="T1", dataset_id=901, experiment="cv", fold=0,
+                               trainer="workflow_scripts.trainers.nnunet:NnUNetTrainer", configuration="3d_fullres",
+                               network={}, plan=plan, plans="nnUNetPlans", folds=FOLDS, split_seed=12345,
+                               training={"epochs": 6, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
+                                         "save_every": 1, "optimizer": "adamw", "initial_lr": 0.003, "seed": 1},
+                               cases="-")
     fold = tmp_path / "res" / "Dataset901_T1" / "NnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    args = [sys.executable, "-m", "workflow_scripts.train", "--recipe", recipe.dumps(r), "--preprocessed-root",
+            str(run_dir / "data" / "nnunet_preprocessed" / "T1"), "--checkpoint", str(fold / "checkpoint_final.pth"),
+            "--splits", str(run_dir / "data" / "splits" / "T1.json"), "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -290,3 +315,19 @@ def test_bundles_segment_like_the_workflow(run_dir, tmp_path, model):
     ours = sitk.ReadImage(str(tmp_path / "out" / "masks" / "NYU_0001.nii.gz"))
     ref = sitk.ReadImage(str(run_dir / "results" / "T1" / model / "centers" / "NYU" / "ensemble_masks" / "NYU_0001.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+
+
+@pytest.mark.parametrize("change", [{"mirroring": True}, {"step_size": 0.8}, {"device": "cpu"}])
+def test_inference_settings_repredict_without_training(run_dir, tmp_path, change):
+    """Any inference.* setting re-runs every prediction of the modality (out-of-fold, external,
+    held-out-center), their evaluation and the aggregates, and never a training job."""
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
+    cfg["inference"] = {**cfg.get("inference", {}), **change}
+    path = tmp_path / "inference.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    counts = dry_run_counts(run_dir, path)
+    assert_only(counts, {"predict_oof": FOLDS * len(MODELS), "collect_cv_masks": 3 * len(MODELS),
+                         "predict_external": len(MODELS), "predict_loco": 3, "evaluate_center": 4 * len(MODELS),
+                         "evaluate_loco": 3, "export_bundle": len(MODELS), "loco_table": 1})

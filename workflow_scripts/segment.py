@@ -232,7 +232,7 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
     configure(threads=threads)  # before nnunetv2 is imported: it reads its process counts at import
     from .bundle import BundleError, opened, software_versions, version_differences
     from .predict import load_ensemble
-    from .train import pick_device
+    from .devices import pick_device
 
     t_start = time.time()
     out_dir = Path(out_dir)
