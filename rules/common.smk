@@ -208,9 +208,7 @@ def _center_rows(modality, center, direct=False):
 
 def _training_cases(modality, held_out=None, direct=False):
     """Rows (case_id, participant_id, center) of a model's training scans, from the prepared tables."""
-    return [
-        row for c in centers(modality, "train-cv") if c != held_out for row in _center_rows(modality, c, direct)
-    ]
+    return [row for c in centers(modality, "train-cv") if c != held_out for row in _center_rows(modality, c, direct)]
 
 
 def training_recipe(modality, model, fold=None, held_out=None, direct=False):
@@ -664,9 +662,7 @@ def adopt_legacy_training():
     jobs = []
     for m in MODALITIES:
         try:
-            scans = [
-                f for c in centers(m, "train-cv") for f in files_listed(m, c, ["image", "label"], direct=True)
-            ]
+            scans = [f for c in centers(m, "train-cv") for f in files_listed(m, c, ["image", "label"], direct=True)]
         except FileNotFoundError:
             continue  # not prepared yet: nothing can have been trained
         for model in MODELS:
@@ -687,7 +683,10 @@ def adopt_legacy_training():
                 folder = fold_dir(m, model, fold)
                 jobs.append(
                     upgrade.TrainingJob(
-                        outputs=[f"{folder}/{name}" for name in ("checkpoint_final.pth", "train_info.json", "training_curve.tsv")],
+                        outputs=[
+                            f"{folder}/{name}"
+                            for name in ("checkpoint_final.pth", "train_info.json", "training_curve.tsv")
+                        ],
                         code=rules.train.rule.shellcmd,
                         params=[repr(training_recipe(m, model, fold=fold, direct=True))],
                         input=[f"{DATA}/nnunet_preprocessed/{m}", f"{DATA}/splits/{m}.json", *scans],
