@@ -81,7 +81,7 @@ rule nnunet_raw:
         "--description 'PanSeg {wildcards.modality} ({params.description} data)' > {log} 2>&1"
 
 
-rule split:
+checkpoint split:
     """Folds grouped by participant, balanced by center, stable for identical inputs."""
     input:
         train_center_tables,

@@ -2,7 +2,7 @@
 # leaves a center out gets a fingerprint, plan and preprocessing that never saw that center).
 
 
-rule preprocess:
+checkpoint preprocess:
     input:
         f"{DATA}/nnunet_raw/{{modality}}",
     output:
