@@ -88,8 +88,9 @@ def test_truncated_body_is_an_error_and_leaves_nothing(osf_study, tmp_path):
 def test_wrong_checksum_is_refused_and_removed(osf_study, tmp_path):
     server, _ = osf_study
     server.meta[T1] = {"sha256": "0" * 64}
-    with pytest.raises(DownloadError, match="sha256 .* expected 0000"):
+    with pytest.raises(DownloadError, match="sha256 .* expected 0000") as err:
         fetch(server, tmp_path)
+    assert str(err.value).startswith("Pancreas_MRI_Dataset/t1.zip: downloaded from http")  # the file as the user knows it
     folder = tmp_path / "downloads" / "osf" / "Pancreas_MRI_Dataset"
     assert not (folder / "t1.zip").exists() and not (folder / "t1.zip.part").exists()
     assert not (tmp_path / "raw" / "osf").exists()
