@@ -193,7 +193,8 @@ def _inside(root: Path, path: Path) -> bool:
 
 
 def safe_extract(archive, dest) -> dict:
-    """Extract `archive` into the new folder `dest`; returns counts. Nothing is left on failure."""
+    """Extract `archive` into the new folder `dest`; returns counts and the regular files written
+    (member names = paths relative to `dest`). Nothing is left on failure."""
     archive, dest = Path(archive), Path(dest)
     if dest.exists():
         raise InputError(dest, "extraction target exists already")
@@ -241,4 +242,5 @@ def safe_extract(archive, dest) -> dict:
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise InputError(archive, f"cannot be extracted ({type(exc).__name__}: {exc})") from None
     log.info("%s: extracted %d members (%s) into %s", archive.name, len(keep), human_bytes(done), dest)
-    return {"members": len(keep), "bytes": done, "skipped": skipped}
+    files = sorted(m.name for m in keep if m.kind in ("file", "hardlink"))
+    return {"members": len(keep), "bytes": done, "skipped": skipped, "files": files}
