@@ -23,6 +23,7 @@ from (the user's own file, or an archive member), so that messages name what the
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import os
 import re
 from dataclasses import dataclass
@@ -132,8 +133,16 @@ def dataset_inventory(images_dir, labels_dir) -> Inventory:
         for f in files:
             case, center, problem = _classify(folder_name, f, len(f.relative_to(folder).parts))
             raw.append((f, kind, case, center, problem))
-    centers = {center for _, _, _, center, problem in raw if center and not problem}
-    by_upper = {c.upper(): c for c in centers}
+    counts = Counter(center for _, _, _, center, problem in raw if center and not problem)
+    # Centers that differ only in case (ahn_0004 beside AHN_0001...): the one most files use is the
+    # center, the others' files are misfits of it.
+    by_upper: dict[str, str] = {}
+    for center, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        by_upper.setdefault(center.upper(), center)
+    centers = set(by_upper.values())
+    raw = [(f, kind, case, center, problem or (f"center {center!r} in the name differs from {by_upper[center.upper()]!r}"
+                                                 " only in letter case" if center and center not in centers else ""))
+           for f, kind, case, center, problem in raw]
     entries, seen = [], {}
     for f, kind, case, center, problem in raw:
         if problem and not center:
