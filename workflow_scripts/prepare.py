@@ -27,16 +27,19 @@ reasons. Nothing is skipped silently.
 from __future__ import annotations
 
 import argparse
+import filecmp
+import os
 import json
 import logging
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import SimpleITK as sitk
 
-from .atomic import atomic_path, write_table
+from .atomic import FILE_MODE, write_table
 from .errors import InputError
 from .inventory import EXTRA_ANNOTATIONS, IMAGE_RE, LABEL_RE, Origins, dataset_inventory, find_dataset_dirs  # noqa: F401
 from .pairs import check_image, check_label
@@ -122,9 +125,16 @@ def center_cases(entries):
 
 
 def write_fixed(image, fixed_dir, relative) -> Path:
+    """Write a re-headed label; an identical file already there is left alone (its time stamp too),
+    so re-running preparation on unchanged inputs changes nothing that training reads."""
     path = Path(fixed_dir) / relative
-    with atomic_path(path) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".part-") as work:
+        tmp = Path(work) / path.name
         sitk.WriteImage(image, str(tmp), useCompression=True)
+        if not (path.exists() and filecmp.cmp(tmp, path, shallow=False)):
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
     return path
 
 
