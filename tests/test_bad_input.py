@@ -227,3 +227,28 @@ def test_inventory_counts_litter_and_flags_subfolders(tmp_path):
     assert inv.litter == 2
     (bad,) = [e for e in inv.entries if e.problem]
     assert bad.center == "AHN" and "sub-folder" in bad.problem
+
+
+@pytest.mark.parametrize("mode", ["link", "copy"])
+def test_source_folder_is_never_modified(tmp_path, mode):
+    """Import (PanSegData folder with a zip, and a Decathlon folder whose labels are merged) and prepare
+    with a damaged file in each: a hash listing of the user's folders is the same before and after."""
+    from source_data import decathlon_tree, panseg_tree
+
+    mri = tmp_path / "mri"
+    panseg_tree(mri, "t1", centers=("AHN",), n=2)
+    panseg_tree(tmp_path / "t2build", "t2", centers=("NYU",), n=2)
+    shutil.make_archive(str(mri / "t2"), "zip", tmp_path / "t2build")
+    (mri / "t1" / "labelsTr" / "AHN_0002.nii.gz").write_bytes(b"\x1f\x8b broken")
+    msd = tmp_path / "msd"
+    decathlon_tree(msd, numbers=(1, 2))
+    lab = msd / "Task07_Pancreas" / "labelsTr" / "pancreas_002.nii.gz"
+    lab.write_bytes(lab.read_bytes()[:-7])
+    before = {folder: tree_hashes(folder) for folder in (mri, msd)}
+    local.fetch({"path": str(mri), "mode": mode}, tmp_path / "raw_mri")
+    local.fetch({"path": str(msd), "mode": mode, "center": "MSD", "foreground_labels": [1, 2]}, tmp_path / "raw_msd")
+    for raw, center in ((tmp_path / "raw_mri" / "t1", "AHN"), (tmp_path / "raw_mri" / "t2", "NYU"),
+                        (tmp_path / "raw_msd", "MSD")):
+        prepare_center(raw, "CT", center, "train-cv", tmp_path / "p" / f"{center}.tsv", tmp_path / "fixed",
+                       on_bad_case="exclude", header_mismatch="use_image", data_source="t")
+    assert {folder: tree_hashes(folder) for folder in (mri, msd)} == before

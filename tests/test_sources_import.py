@@ -179,3 +179,25 @@ def test_name_mapping_in_either_direction(tmp_path, reverse):
     path = tmp_path / "T1-name_mapping.json"
     path.write_text(json.dumps(mapping))
     assert load_participants(path, r"^(?P<participant>[A-Z]+-P\d+)-V\d+$") == {"AHN_0001": "AHN-P7", "AHN_0002": "AHN-P7"}
+
+
+def test_errors_name_the_archive_member(tmp_path):
+    """A damaged label inside the downloaded tar: the message names the archive and its member."""
+    build = tmp_path / "build"
+    base = decathlon_tree(build)
+    lab = base / "labelsTr" / "pancreas_004.nii.gz"
+    lab.write_bytes(lab.read_bytes()[:-9])
+    server = StaticServer()
+    server.add(TAR, tar_folder(build))
+    server.start()
+    try:
+        out = tmp_path / "raw" / "msd"
+        url.fetch(msd_settings(server), out, tmp_path / "dl")
+    finally:
+        server.stop()
+    member = f"{tmp_path / 'dl' / 'Task07_Pancreas.tar'} member Task07_Pancreas/labelsTr/pancreas_004.nii.gz"
+    with pytest.raises(InputError, match="truncated") as err:
+        prepare(out, tmp_path, "MSD")
+    assert member in str(err.value)
+    image_member = "Task07_Pancreas.tar member Task07_Pancreas/imagesTr/pancreas_001.nii.gz"
+    assert image_member in (out / "origins.tsv").read_text(encoding="utf-8")
