@@ -16,6 +16,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from .decode import DICOM_SUFFIXES, looks_like_dicom, read_dicom_series, unreadable_dicom_files  # noqa: F401
+from .errors import InputError  # noqa: F401 (callers catch dicom.InputError)
 
 
 @dataclass
