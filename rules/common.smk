@@ -11,6 +11,8 @@ from types import SimpleNamespace
 sys.path.insert(0, workflow.basedir)
 from workflow_scripts import recipe as recipes
 
+from workflow_scripts.inventory import center_input_files, folder_files
+
 # Built-in models; config's model_catalog adds models or overrides these key by key.
 BUILTIN_MODELS = {
     "nnunet": {"trainer": "workflow_scripts.trainers.nnunet:NnUNetTrainer", "configuration": "3d_fullres"},
@@ -532,6 +534,20 @@ def download_cache(wildcards):
 
 def local_source_path(wildcards):
     return config["sources"][wildcards.source]["path"]
+
+
+def local_source_files(wildcards):
+    """The user's folder and every file in it (a missing folder is reported as a missing input)."""
+    path = local_source_path(wildcards)
+    return [path, *folder_files(path)] if Path(path).is_dir() else [path]
+
+
+def center_source_files(wildcards):
+    """Every file of this center in its (built) source, kept or excluded: the inventory of issue 16."""
+    name = center_source(wildcards.modality, wildcards.center)
+    raw = getattr(checkpoints, f"{config['sources'][name]['type']}_source").get(source=name).output[0]
+    folder = config["modalities"][wildcards.modality]["folder"]
+    return center_input_files(Path(raw, folder), wildcards.center)
 
 
 def model_param(key):

@@ -12,10 +12,12 @@ localrules:
 checkpoint prepare_center:
     """Validate one center's scans (one job per modality x center: a new center touches only itself).
 
-    A checkpoint: later rules list the files named in its table as their inputs.
+    A checkpoint: later rules list the files named in its table as their inputs. Its own inputs are
+    every file of the center in its source (kept and excluded alike), so fixing one re-runs it.
     """
     input:
         raw=raw_for_center,
+        files=center_source_files,
     output:
         cases=f"{DATA}/prepared/{{modality}}/{{center}}.tsv",
         excluded=f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv",

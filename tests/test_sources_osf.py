@@ -24,7 +24,8 @@ def test_clean_download_builds_the_raw_layout(osf_study, tmp_path):
     server, mappings = osf_study
     summary = fetch(server, tmp_path)
     out = tmp_path / "raw" / "osf"
-    assert sorted(p.name for p in out.iterdir()) == ["LICENSE.txt", "Meta informations", "download.json", "t1", "t2"]
+    assert sorted(p.name for p in out.iterdir()) == ["LICENSE.txt", "Meta informations", "download.json", "origins.tsv",
+                                                    "t1", "t2"]
     assert (out / "t1" / "t1" / "imagesTr" / "AHN_0001_0000.nii.gz").exists()
     assert (out / "t2" / "t2" / "t2" / "train" / "labelsTr" / "NYU_0002.nii.gz").exists()
     assert json.loads((out / "Meta informations" / "T1-name_mapping.json").read_text(encoding="utf-8")) == mappings["T1"]

@@ -245,7 +245,10 @@ def test_rerunning_prepare_changes_nothing_training_uses(run_dir):
     assert "Nothing to be done" in proc.stdout + proc.stderr, job_counts(proc.stdout)
 
 
-def test_changed_external_labels_rerun_only_evaluation(run_dir):
+def test_changed_external_labels_rerun_only_that_center(run_dir):
+    """A label edited in place is validated again (issue 16: every file of a center is an input of
+    its preparation). The center's table records the label's voxel count, so its prediction jobs
+    re-run too (they read the table); nothing is retrained and no other center is touched."""
     label = run_dir / "data" / "raw" / "synthetic" / "t1" / "labelsTr" / "NYU_0001.nii.gz"
     original = label.read_bytes()
     img = sitk.ReadImage(str(label))
@@ -253,7 +256,7 @@ def test_changed_external_labels_rerun_only_evaluation(run_dir):
     sitk.WriteImage(sitk.Cast(eroded, sitk.sitkUInt8), str(label))
     try:
         counts = dry_run_counts(run_dir, TINY)
-        assert_only(counts, {"evaluate_center": len(MODELS)})
+        assert_only(counts, {"prepare_center": 1, "predict_external": len(MODELS), "evaluate_center": len(MODELS)})
     finally:
         label.write_bytes(original)
 
