@@ -590,6 +590,18 @@ def files_listed(modality, center, columns, direct=False):
     return sorted({row[c] for row in rows for c in columns if row.get(c)})
 
 
+def center_image_files(wildcards):
+    return files_listed(wildcards.modality, wildcards.center, ["image"])
+
+
+def ancient_center_cases(wildcards):
+    return ancient(center_cases(wildcards))
+
+
+def ancient_train_center_tables(wildcards):
+    return [ancient(t) for t in train_center_tables(wildcards)]
+
+
 def center_label_files(wildcards):
     return files_listed(wildcards.modality, wildcards.center, ["label"])
 

@@ -1,5 +1,7 @@
 # Prediction, its own step: training jobs never predict, so an inference setting (inference.*)
-# re-runs every prediction of the affected models and no training.
+# re-runs every prediction of the affected models and no training. A prediction re-runs when its
+# model or its scans change: the images are inputs, the case tables only ancient() ones (a table
+# rewritten after a label fix must not re-predict; a new case is a new image input).
 #   predict_oof       one job per modality x model x fold: the cases the fold held out, by its checkpoint
 #   collect_cv_masks  a training center's out-of-fold masks, gathered from the folds
 #   predict_external  one job per external center: the fold ensemble
@@ -16,7 +18,7 @@ rule predict_oof:
     input:
         checkpoint=fold_checkpoint,
         splits=ancient(f"{DATA}/splits/{{modality}}.json"),
-        cases=train_center_tables,
+        cases=ancient_train_center_tables,
     output:
         directory(f"{RESULTS}/{{modality}}/{{model}}/oof/fold_{{fold}}"),
     log:
@@ -63,7 +65,8 @@ rule collect_cv_masks:
 rule predict_external:
     """An external center's scans segmented by the fold ensemble, in one job per center."""
     input:
-        cases=center_cases,
+        cases=ancient_center_cases,
+        images=center_image_files,
         checkpoints=fold_checkpoints,
     output:
         directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/ensemble_masks"),
@@ -93,7 +96,8 @@ rule predict_external:
 
 use rule predict_external as predict_loco with:
     input:
-        cases=center_cases,
+        cases=ancient_center_cases,
+        images=center_image_files,
         checkpoints=loco_checkpoint,
     output:
         directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_masks"),
