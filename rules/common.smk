@@ -204,6 +204,12 @@ def _center_rows(modality, center, direct=False):
     table = Path(center_table(modality, center))
     if not direct:
         table = Path(checkpoints.prepare_center.get(modality=modality, center=center).output.cases)
+        if not table.exists():
+            # Its checkpoint job is running again right now (outputs removed): wait for it.
+            from snakemake.exceptions import IncompleteCheckpointException
+            from snakemake.io import checkpoint_target
+
+            raise IncompleteCheckpointException(checkpoints.prepare_center.rule, checkpoint_target(str(table)))
     with table.open(encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t"))
 

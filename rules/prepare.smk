@@ -19,8 +19,8 @@ checkpoint prepare_center:
         raw=raw_for_center,
         files=center_source_files,
     output:
-        cases=f"{DATA}/prepared/{{modality}}/{{center}}.tsv",
-        excluded=f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv",
+        cases=update(f"{DATA}/prepared/{{modality}}/{{center}}.tsv"),
+        excluded=update(f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv"),
     log:
         f"{DATA}/logs/prepare_{{modality}}_{{center}}.log",
     conda:
@@ -88,8 +88,8 @@ checkpoint split:
     input:
         train_center_tables,
     output:
-        json=f"{DATA}/splits/{{modality}}.json",
-        tsv=f"{DATA}/splits/{{modality}}.tsv",
+        json=update(f"{DATA}/splits/{{modality}}.json"),
+        tsv=update(f"{DATA}/splits/{{modality}}.tsv"),
     log:
         f"{DATA}/logs/split_{{modality}}.log",
     conda:

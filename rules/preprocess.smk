@@ -1,12 +1,15 @@
 # nnU-Net v2 fingerprint, plan and preprocess, per modality (and per held-out center: a model that
 # leaves a center out gets a fingerprint, plan and preprocessing that never saw that center).
+# Training reads this output as ancient(): a checkpoint, so that Snakemake looks again at what
+# depends on it once it is re-made, and update(): the previous data stays in place (and comes back
+# if the job fails) until the new data replaces it whole, so nothing sees it missing meanwhile.
 
 
 checkpoint preprocess:
     input:
         f"{DATA}/nnunet_raw/{{modality}}",
     output:
-        directory(f"{DATA}/nnunet_preprocessed/{{modality}}"),
+        update(directory(f"{DATA}/nnunet_preprocessed/{{modality}}")),
     log:
         f"{DATA}/logs/preprocess_{{modality}}.log",
     benchmark:
@@ -35,7 +38,7 @@ use rule preprocess as preprocess_loco with:
     input:
         f"{DATA}/nnunet_raw_loco/{{modality}}/{{center}}",
     output:
-        directory(f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}"),
+        update(directory(f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}")),
     log:
         f"{DATA}/logs/preprocess_loco_{{modality}}_{{center}}.log",
     benchmark:

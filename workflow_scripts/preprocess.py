@@ -72,7 +72,21 @@ def plan_and_preprocess(raw_root, preprocessed_root, dataset_id: int, modality: 
 
     `expected_plans`: the plans name the rest of the workflow reads (config plan.plans_name or the
     planner's default); a planner that writes another name is an error naming that config key.
+
+    Everything is written into a temporary folder beside `preprocessed_root`, which replaces it
+    whole only when done: a failed run leaves the previous preprocessing (that finished models
+    were trained on) as it was, and a case that left the dataset leaves no stale array behind.
     """
+    from .atomic import atomic_dir
+
+    with atomic_dir(preprocessed_root) as tmp:
+        plans_file = _plan_and_preprocess(raw_root, tmp, dataset_id, modality, configurations, overrides, threads,
+                                          planner, target_spacing, expected_plans)
+    return Path(preprocessed_root) / plans_file.relative_to(tmp)
+
+
+def _plan_and_preprocess(raw_root, preprocessed_root, dataset_id, modality, configurations, overrides, threads,
+                         planner, target_spacing, expected_plans) -> Path:
     # nnUNet_n_proc_DA=0 breaks the planner (it sets torch threads from it): give it the job's threads.
     configure(raw=raw_root, preprocessed=preprocessed_root, threads=threads, da_processes=threads)
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
