@@ -130,6 +130,18 @@ def model_prompt(model):
     return MODEL_CATALOG[model]["prompt"]
 
 
+def prompted_python():
+    """Interpreter of prompted (SAM/MedSAM) jobs: segment-anything needs torchvision, which does not
+    import beside .venv's CPU torch. Under --sdm conda the rule's env (envs/sam.yaml) gives `python`;
+    else the workflow's .venv-sam (`make sam-env`), if it exists."""
+    from snakemake.settings.types import DeploymentMethod
+
+    venv = Path(workflow.basedir) / ".venv-sam" / "bin" / "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method or not venv.exists():
+        return "python"
+    return str(venv)
+
+
 def _check_config():
     """Cross-key checks a JSON schema cannot express; errors name the key."""
     for m, mc in config["modalities"].items():
