@@ -15,8 +15,9 @@
   InstanceNorm(1×1(skip·ψ)) (InstanceNorm without affine parameters, as in the authors' code).
 
 Features per stage: the plan's, except that stages nnU-Net's planner capped at its maximum (320
-in 3-D) continue the doubling rule up to ``max_features`` (512, the authors' cap); a plan whose
-features never reach a cap (e.g. a config ``features_per_stage`` override) is used as it is.
+in 3-D: the features stop doubling there) continue the doubling up to ``max_features`` (512, the
+authors' cap); a plan whose features keep doubling (e.g. the demo's [8, 16, 32, 64] override) is
+used as it is; ``max_features`` set to the plan's maximum keeps any plan as it is.
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ def _tuple(x, dim: int) -> tuple[int, ...]:
 
 
 def lintransunet_features(plan_features, max_features: int = 512) -> list[int]:
-    """The plan's features, with its capped tail continued by doubling up to ``max_features``."""
+    """The plan's features, with its capped tail continued by doubling up to ``max_features``.
+
+    A stage counts as capped where the plan's features sit at their maximum without having doubled
+    from the stage before (nnU-Net's [32, 64, 128, 256, 320, 320] -> [32, 64, 128, 256, 512, 512]).
+    """
     feats = [int(f) for f in plan_features]
-    cap = max(feats)
-    return [min(feats[0] * 2**s, max_features) if f == cap and feats[0] * 2**s > f else f
-            for s, f in enumerate(feats)]
+    cap, out = max(feats), feats[:1]
+    for prev, f in zip(feats, feats[1:]):
+        out.append(min(2 * out[-1], max_features) if f == cap and f < 2 * prev else f)
+    return out
 
 
 class ResidualBlock(nn.Module):
