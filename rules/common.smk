@@ -108,11 +108,7 @@ def trainable_models():
 
 def prediction_only_models(modality=None):
     """Models of `models` that only predict (released weights, prompted); with a modality, those that predict it."""
-    return [
-        m
-        for m in MODELS
-        if model_kind(m) != "trainable" and (modality is None or model_has_modality(m, modality))
-    ]
+    return [m for m in MODELS if model_kind(m) != "trainable" and (modality is None or model_has_modality(m, modality))]
 
 
 def models_for(modality):
@@ -519,7 +515,10 @@ def loco_table_all():
 
 def center_metrics_all(wildcards=None):
     return [
-        f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for m in MODALITIES for model in models_for(m) for c in centers(m)
+        f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv"
+        for m in MODALITIES
+        for model in models_for(m)
+        for c in centers(m)
     ]
 
 
