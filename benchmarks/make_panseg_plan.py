@@ -1,4 +1,4 @@
-"""Write benchmarks/data/panseg_t1_plans.json: nnU-Net v2's own 3d_fullres plan for a PanSegData-sized
+"""Write benchmarks/data/panseg_t1_plans.json: nnU-Net v2's own 2d and 3d_fullres plans for a PanSegData-sized
 T1 dataset, made by nnU-Net's ExperimentPlanner from a dataset fingerprint (no images needed).
 
 The fingerprint is ASSUMED, not read off PanSegData (we have no copy): median spacing 3.0 x 1.41 x
@@ -54,14 +54,14 @@ def main():
     planner = ExperimentPlanner(name)
     planner.plan_experiment()
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["configurations"] = {"3d_fullres": plans["configurations"]["3d_fullres"]}
-    plans["panseg_note"] = ("nnU-Net's 3d_fullres plan for an ASSUMED PanSegData-sized T1 fingerprint (median "
+    plans["configurations"] = {k: plans["configurations"][k] for k in ("2d", "3d_fullres")}
+    plans["panseg_note"] = ("nnU-Net's 2d and 3d_fullres plans for an ASSUMED PanSegData-sized T1 fingerprint (median "
                             f"spacing {SPACING_ZYX} mm, shape {SHAPE_ZYX}); benchmarks/make_panseg_plan.py")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(plans, indent=1) + "\n")
-    conf = plans["configurations"]["3d_fullres"]
-    print(OUT, conf["patch_size"], conf["batch_size"], conf["architecture"]["arch_kwargs"]["features_per_stage"],
-          conf["architecture"]["arch_kwargs"]["strides"])
+    for name, conf in plans["configurations"].items():
+        arch = conf["architecture"]["arch_kwargs"]
+        print(OUT, name, conf["patch_size"], conf["batch_size"], arch["features_per_stage"], arch["strides"])
 
 
 if __name__ == "__main__":

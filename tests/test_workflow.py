@@ -311,9 +311,24 @@ def test_adding_a_model_runs_only_its_own_jobs(run_dir, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     proc = snakemake("-n", "--configfile", str(path), workdir=run_dir, timeout=180)
     assert_only(job_counts(proc.stdout), NEW_MODEL_JOBS)
+    outputs = job_outputs(proc.stdout)  # every planned job of the per-model rules writes transunet3d's files
+    per_model = [r for r in NEW_MODEL_JOBS if not r.startswith("figure")]
+    planned = [out for rule, out in outputs if rule in per_model]
+    assert len(planned) == sum(NEW_MODEL_JOBS[r] for r in per_model)
+    assert all("/transunet3d/" in out for out in planned), planned
+
+
+def job_outputs(dry_run_output: str) -> list[tuple[str, str]]:
+    """(rule, output line) of every job a dry run lists ('rule X:' / 'localrule X:' and indented lines)."""
     import re
 
-    per_model = "|".join(r for r in NEW_MODEL_JOBS if not r.startswith("figure"))
-    jobs = re.findall(rf"^(?:local)?rule ({per_model}):\n(.*?)(?:\n\n|\Z)", proc.stdout, re.S | re.M)
-    assert len(jobs) == sum(n for r, n in NEW_MODEL_JOBS.items() if not r.startswith("figure"))
-    assert all("/transunet3d/" in text for _, text in jobs), [t for _, t in jobs if "/transunet3d/" not in t]
+    jobs, rule = [], None
+    for line in dry_run_output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            rule = m.group(1)
+        elif rule and line.startswith("    output: "):
+            jobs.append((rule, line.strip()))
+        elif not line.startswith("    "):
+            rule = None
+    return jobs
