@@ -96,6 +96,11 @@ def model_label(model):
     return MODEL_CATALOG[model].get("label") or model
 
 
+def model_labels_json():
+    """{model: table row name} of every configured model, as one JSON argument for table scripts."""
+    return json.dumps({m: model_label(m) for m in MODELS}, sort_keys=True)
+
+
 def model_has_modality(model, modality):
     """Whether a model predicts this modality: a released model only where it has a bundle."""
     return model_kind(model) != "released" or modality in MODEL_CATALOG[model]["bundle"]

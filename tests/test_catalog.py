@@ -64,6 +64,11 @@ def test_kinds_settings_and_labels(study):
     assert [s["model_setting"](m) for m in ("pansegnet", "sam", "released_t1")] == [None, "prompted", "released"]
     assert s["model_label"]("transunet3d") == "PanSegNet with softmax attention (TransUNet-3D stand-in)"
     assert s["model_label"]("released_t1") == "PanSegNet (released)" and s["model_label"]("nnunet") == "nnunet"
+    import json
+
+    labels = json.loads(s["model_labels_json"]())
+    assert list(labels) == sorted([*PAPER_ROWS, "sam", "released_t1", "released_t2"])
+    assert labels["sam"] == "SAM (box prompt from the reference label)"
     assert s["trainable_models"]() == PAPER_ROWS
     assert s["prediction_only_models"]() == ["sam", "released_t1", "released_t2"]
     assert s["prediction_only_models"]("T1") == ["sam", "released_t1"]  # no T2 here: released_t2 has no jobs
