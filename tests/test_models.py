@@ -1,10 +1,12 @@
-"""The study's networks: Efficient Attention against its formula, PanSegNet and AX-Unet shapes and gradients."""
+"""The study's networks: Efficient Attention against its formula, PanSegNet and AX-Unet shapes and gradients;
+transunet3d (softmax attention, token limit) and LinTransUNet (parameter count of the committed plan)."""
 
 import math
 
 import pytest
 import torch
 
+from helpers import REPO
 from workflow_scripts.models.axunet import AXUNet, BoundaryAwareLoss
 from workflow_scripts.models.efficient_attention import (
     BottleneckTransformer,
@@ -13,8 +15,6 @@ from workflow_scripts.models.efficient_attention import (
     sinusoidal_position_code,
 )
 from workflow_scripts.models.pansegnet import PanSegNet
-
-from helpers import REPO
 
 torch.set_num_threads(1)
 
