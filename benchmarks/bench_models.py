@@ -2,7 +2,8 @@
 relative to nnU-Net, and each model's peak memory; by default on the CPU with 2 threads.
 
     python benchmarks/bench_models.py [--plan benchmarks/data/panseg_t1_plans.json] [--models nnunet ...]
-        [--iterations 2] [--threads 2] [--batch-size N] [--device cpu|cuda] [--max-rss-gb 14] [--out rows.json]
+        [--iterations 2] [--threads 2] [--batch-size N] [--patch Z Y X] [--device cpu|cuda] [--max-rss-gb 14]
+        [--out rows.json]
 
 Every model runs in a process of its own, so its peak memory is its own (the process's maximum
 resident set on the CPU; torch's peak allocated memory on a GPU). Each gets the plan's batch (or
@@ -10,7 +11,8 @@ resident set on the CPU; torch's peak allocated memory on a GPU). Each gets the 
 (noise plus a bright ellipsoid, labelled 1), the same for every model of a configuration, with the
 deep-supervision targets nnU-Net would make. Network options are the built-in ones (paper size).
 The time is the median of --iterations calls of the trainer's own train_step (forward, Dice + CE
-with deep supervision, backward, gradient clipping, SGD step) after one warm-up step.
+with deep supervision, backward, gradient clipping, SGD step) after one warm-up step, as wall time
+and as the process's CPU time (the steadier number on a machine shared with other jobs).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def worker(args) -> dict:
     trainer_path, configuration = MODELS[args.worker]
     plans = json.loads(Path(args.plan).read_text())
     plans["continue_training"] = False
+    if args.patch and configuration == "3d_fullres":
+        plans["configurations"][configuration]["patch_size"] = args.patch
     device = torch.device(args.device)
     trainer = load_trainer_class(trainer_path)(plans, configuration, 0, DATASET, device)
     trainer.configure_run(1, 1, 1, 1e-2, 1, optimizer="sgd")  # nnU-Net's SGD recipe
@@ -87,19 +91,21 @@ def worker(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.network.train()
-    times = []
+    times, cpu = [], []
     for i in range(args.iterations + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = trainer.train_step(step)["loss"]
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i:  # the first step warms up
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"model": args.worker, "configuration": configuration, "patch": list(cm.patch_size), "batch": batch,
             "parameters_M": round(sum(p.numel() for p in trainer.network.parameters()) / 1e6, 2),
             "seconds_per_iteration": round(statistics.median(times), 3), "times": [round(t, 3) for t in times],
+            "cpu_seconds_per_iteration": round(statistics.median(cpu), 3),
             "peak_memory_mb": round(peak), "memory": "torch peak allocated" if device.type == "cuda" else "max RSS",
             "build_seconds": round(build_s, 2), "loss": round(float(loss), 4), "device": str(device),
             "threads": args.threads}
@@ -133,6 +139,7 @@ def main():
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, help="default: the plan's")
+    ap.add_argument("--patch", type=int, nargs=3, help="3-D patch instead of the plan's (e.g. where memory is short)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--max-rss-gb", type=float, default=14, help="stop a model whose process grows past this")
     ap.add_argument("--out", help="also write the rows as JSON here")
@@ -147,6 +154,8 @@ def main():
                "--threads", str(args.threads), "--device", args.device]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
+        if args.patch:
+            cmd += ["--patch", *map(str, args.patch)]
         env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(args.threads))
         stdout, stderr, over = run_guarded(cmd, env, args.max_rss_gb)
         if over:
@@ -160,12 +169,14 @@ def main():
         if args.out:
             Path(args.out).write_text(json.dumps(rows, indent=1))
         print(f"{model:13s} {r['configuration']:10s} batch {r['batch']} x {r['patch']}: {r['seconds_per_iteration']:.2f} s/it "
-              f"{r['times']}, {r['parameters_M']} M parameters, peak {r['peak_memory_mb']} MB ({r['memory']})", flush=True)
+              f"{r['times']}, CPU {r['cpu_seconds_per_iteration']:.2f} s/it, {r['parameters_M']} M parameters, "
+              f"peak {r['peak_memory_mb']} MB ({r['memory']})", flush=True)
     ref = next((r for r in rows if r["model"] == "nnunet"), None)
     if ref:
-        print("\nrelative to nnunet (time per iteration, peak memory):")
+        print("\nrelative to nnunet (wall time and CPU time per iteration, peak memory):")
         for r in rows:
             print(f"  {r['model']:13s} {r['seconds_per_iteration'] / ref['seconds_per_iteration']:.2f}x time, "
+                  f"{r['cpu_seconds_per_iteration'] / ref['cpu_seconds_per_iteration']:.2f}x CPU time, "
                   f"{r['peak_memory_mb'] / ref['peak_memory_mb']:.2f}x memory")
 
 
