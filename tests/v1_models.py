@@ -177,7 +177,7 @@ def save_v1_folder(root: Path, trainer: str, net, plans: dict, folds=(0,), plans
         state = {key: v.detach().clone() for key, v in net.state_dict().items()}
         torch.save({"epoch": 3, "state_dict": state, "optimizer_state_dict": {}, "lr_scheduler_state_dict": None,
                     "plot_stuff": ([np.float64(0.9), np.float64(0.5)], [np.float32(0.8)], [], [np.float64(0.3)]),
-                    "best_stuff": (2, np.float64(0.5), np.float64(0.3), np.float64(0.2))}, fold / CHECKPOINT)
+                    "best_stuff": (2, np.float64(0.5), np.float64(0.3))}, fold / CHECKPOINT)
         if model_pkl:
             init = (str(folder / "plans.pkl"), k, str(fold), str(root / "preprocessed"), True, 0, True, True, False)
             with open(fold / f"{CHECKPOINT}.pkl", "wb") as f:
