@@ -75,7 +75,7 @@ class PlainDataUnpickler(pickle.Unpickler):
     ALLOWED = {("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
                ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
                ("numpy._core.numeric", "_frombuffer"), ("builtins", "set"), ("builtins", "frozenset"),
-               ("builtins", "complex")}
+               ("builtins", "complex"), ("_codecs", "encode")}  # protocol-2 pickles spell bytes via _codecs.encode
 
     def find_class(self, module, name):
         module = re.sub(r"^numpy\.core(?=\.|$)", "numpy._core", module)  # pickles written with numpy 1
