@@ -242,3 +242,25 @@ def test_checkpoint_with_numpy_1_scalars_loads(tmp_path):
         for n, d in members.items():
             z.writestr(n, d)
     assert v1_import.load_v1_checkpoint(path)["w"].tolist() == [1.0, 1.0]
+
+
+def test_snakemake_imports_config_listed_models(tmp_path):
+    """`v1_imports` in config: rule import_v1 writes <results>/imported/<name>.tar; a second run does nothing."""
+    import yaml
+
+    from helpers import REPO, job_counts, snakemake
+
+    folder, _, _ = released_layout(tmp_path)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"v1_imports": {"released_T1": {
+        "model_dir": str(folder), "modality": "T1", "model": "pansegnet_released", "mirroring": False}}}))
+    work = tmp_path / "work"
+    work.mkdir()
+    configs = ["--configfile", str(REPO / "tests" / "data" / "tiny.yaml"), str(extra)]
+    snakemake("--cores", "1", "import_v1_all", *configs, workdir=work, timeout=600)
+    results = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text()).get("results_dir", "results")
+    info = B.extract(work / results / "imported" / "released_T1.tar", tmp_path / "x").info
+    assert (info["model"], info["inference_semantics"], info["inference"]["mirroring"]) == (
+        "pansegnet_released", "v1", False)
+    dry = snakemake("-n", "import_v1_all", *configs, workdir=work, timeout=300)
+    assert job_counts(dry.stdout) == {}  # up to date
