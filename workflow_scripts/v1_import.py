@@ -497,7 +497,7 @@ def convert_state(v1_state: dict, network, key_map: dict, checkpoint: Path) -> d
     bad = [k for k in result.missing_keys if not is_duplicate_key(k)] + list(result.unexpected_keys)
     if bad:
         raise V1ImportError(checkpoint, f"the converted weights do not load: {bad[0]!r}")
-    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+    return network.state_dict()  # duplicate keys share storage: torch.save writes each tensor once
 
 
 def build_network(plans_json: dict, dataset: dict, trainer_path: str):
