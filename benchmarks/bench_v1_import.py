@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -145,6 +146,8 @@ def main() -> None:
     ap.add_argument("--mirroring", action="store_true", help="also time segment with test-time mirroring (8x)")
     ap.add_argument("--compare-v2", action="store_true", help="(b): segment vs nnUNetPredictor in v2 order")
     ap.add_argument("--tile", action="store_true", help="time one tile, plain and with 8 mirrored passes")
+    ap.add_argument("--segment-first", action="store_true", help="(b): run segment before nnUNetPredictor (an "
+                                                                   "AB/BA pair of runs evens out a changing load)")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -172,18 +175,26 @@ def main() -> None:
                             "pansegnet_released", native)
         script = work / "v2_predictor.py"
         script.write_text(V2_PREDICTOR)
-        print("load:", load(), flush=True)
-        t, mb = run([sys.executable, str(script), str(root), str(scan), str(work / "nnunetpredictor_mask"),
-                     str(args.threads)], work / "nnunetpredictor.log")
-        results["nnUNetPredictor"] = dict(wall_s=round(t, 1), peak_mb=round(mb))
-        print("nnUNetPredictor", results["nnUNetPredictor"], "load:", load(), flush=True)
         out = work / "seg_v2order"
-        t, mb = run([sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(native), "--input",
-                     str(scan.parent), "--out", str(out), "--device", "cpu", "--threads", str(args.threads),
-                     "--no-mirroring"], work / "seg_v2order.log")
-        results["segment_v2order"] = dict(wall_s=round(t, 1), peak_mb=round(mb), scan_s=float(
-            __import__("pandas").read_csv(out / "summary.csv").seconds[0]))
-        print("segment_v2order", results["segment_v2order"], "load:", load(), flush=True)
+
+        def predictor_run():
+            t, mb = run([sys.executable, str(script), str(root), str(scan), str(work / "nnunetpredictor_mask"),
+                         str(args.threads)], work / "nnunetpredictor.log")
+            results["nnUNetPredictor"] = dict(wall_s=round(t, 1), peak_mb=round(mb))
+            print("nnUNetPredictor", results["nnUNetPredictor"], "load:", load(), flush=True)
+
+        def segment_run():
+            shutil.rmtree(out, ignore_errors=True)
+            t, mb = run([sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(native), "--input",
+                         str(scan.parent), "--out", str(out), "--device", "cpu", "--threads", str(args.threads),
+                         "--no-mirroring"], work / "seg_v2order.log")
+            results["segment_v2order"] = dict(wall_s=round(t, 1), peak_mb=round(mb), scan_s=float(
+                __import__("pandas").read_csv(out / "summary.csv").seconds[0]))
+            print("segment_v2order", results["segment_v2order"], "load:", load(), flush=True)
+
+        print("load:", load(), flush=True)
+        for step in ([segment_run, predictor_run] if args.segment_first else [predictor_run, segment_run]):
+            step()
         import SimpleITK as sitk
 
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "masks" / "t1_scan.nii.gz")))
