@@ -16,7 +16,8 @@
    passes, and the tile count of the scan: with mirroring a scan costs about
    (scan seconds without mirroring) + 7 x tiles x (one pass), when a full mirrored run is too long.
 
-Each run is a fresh process; its peak memory is the kernel's (ru_maxrss of the child). The machine's
+Needs nnU-Net v1 (``nnunet==1.7.1``, which ``make install`` puts in .venv) to write the v1 folder
+(tests/v1_models.py). Each run is a fresh process; its peak memory is the kernel's (ru_maxrss of the child). The machine's
 load (``uptime``) is printed before and after: other jobs on a shared machine slow every number.
 """
 
