@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml requirements.lock
 	# torch first, alone: resolving it together with nnunetv2 lets pip swap in a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --constraint requirements.lock --editable '.[test]'
+	# nnU-Net v1, for the tests of the v1 import only (tests/test_v1_*.py): its network and inference code
+	# import with what nnunetv2 brings (+ medpy, in the test extra); its other pins would pull another torch
+	$(BIN)/pip install --quiet --constraint requirements.lock --no-deps nnunet==1.7.1
 	touch $(STAMP)
 
 sam-env: $(SAM_STAMP)

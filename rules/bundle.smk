@@ -2,9 +2,11 @@
 # checkpoints, trainer and configuration, versions and a sha256 manifest (docs/segment.md).
 
 
-# Packing files into a tar: seconds of work, run where Snakemake runs (no cluster job).
+# Packing files into a tar (and converting v1 weights): seconds of work, run where Snakemake runs (no cluster job).
 localrules:
     export_bundle,
+    import_v1,
+    import_v1_all,
 
 
 rule export_bundle:
@@ -29,3 +31,29 @@ rule export_bundle:
         "--checkpoints {input.checkpoints} --trainer {params.trainer} --configuration {params.configuration} "
         "--modality {wildcards.modality} --model {wildcards.model} {params.mirroring} --step-size {params.step} "
         "--out {output} > {log} 2>&1"
+
+
+# A trained nnU-Net v1 model (e.g. the authors' released PanSegNet weights) as a bundle with v1's
+# inference semantics; a model_catalog entry names <results>/imported/<name>.tar as its bundle.
+rule import_v1:
+    input:
+        v1_import_files,
+    output:
+        f"{RESULTS}/imported/{{v1_import}}.tar",
+    log:
+        f"{RESULTS}/logs/imported/{{v1_import}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/imported/{{v1_import}}.tsv"
+    wildcard_constraints:
+        v1_import=v1_import_regex(),
+    conda:
+        "../envs/nnunet.yaml"
+    params:
+        options=v1_import_options,
+    shell:
+        "python -m workflow_scripts.bundle import-v1 {params.options} --out {output} > {log} 2>&1"
+
+
+rule import_v1_all:
+    input:
+        imported_bundles(),

@@ -821,6 +821,57 @@ def segment_options(wildcards):
     return " ".join(options)
 
 
+# ---- nnU-Net v1 models imported as bundles (rules/bundle.smk, docs/released_weights.md) ------
+V1_IMPORTS = config["v1_imports"]
+
+
+def imported_bundle_path(name):
+    return f"{RESULTS}/imported/{name}.tar"
+
+
+def imported_bundles():
+    return [imported_bundle_path(name) for name in sorted(V1_IMPORTS)]
+
+
+def v1_import_regex():
+    """Regex for the {v1_import} wildcard: the names under config `v1_imports` (never matches if none)."""
+    return "|".join(re.escape(n) for n in sorted(V1_IMPORTS)) or "(?!)"
+
+
+def v1_import_files(wildcards):
+    """The files of a v1 model folder the import reads (so editing one re-imports); the folder itself
+    while it does not exist yet (Snakemake then names it as the missing input)."""
+    job = V1_IMPORTS[wildcards.v1_import]
+    folder = Path(job["model_dir"])
+    files = sorted(
+        str(p)
+        for pattern in (
+            "plans.pkl",
+            "postprocessing.json",
+            "fold_*/model_final_checkpoint.model*",
+            "fold_*/postprocessing.json",
+            "fold_*/validation_raw/summary.json",
+        )
+        for p in folder.glob(pattern)
+    )
+    if job["plans"]:
+        files.append(job["plans"])
+    return files or [str(folder)]
+
+
+def v1_import_options(wildcards):
+    job = V1_IMPORTS[wildcards.v1_import]
+    options = [
+        f"--model-dir {shlex.quote(job['model_dir'])}",
+        f"--modality {shlex.quote(job['modality'])}",
+        f"--model {shlex.quote(job['model'])}",
+        "--mirroring" if job["mirroring"] else "--no-mirroring",
+    ]
+    if job["plans"]:
+        options.append(f"--plans {shlex.quote(job['plans'])}")
+    return " ".join(options)
+
+
 # ---- how jobs run ---------------------------------------------------------------------------
 def job_shell_prefix():
     """Shell prefix of every job: the package on PYTHONPATH; without conda envs, the interpreter

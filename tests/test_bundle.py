@@ -219,3 +219,42 @@ def test_verify_command(tiny_study, tmp_path, capsys):
     bad = rewrite(bundle_file(tiny_study, "pansegnet"), tmp_path / "bad.tar",
                   lambda n, d: d + b"\0" if n.endswith("plans.json") else d)
     assert B.main(["verify", str(bad)]) == 2
+
+
+# ---- bundle predict (a table of scans) ---------------------------------------------------------
+def test_predict_command_gives_the_workflow_masks(tiny_study, tmp_path):
+    """`bundle predict` on a native bundle: nnU-Net v2's predictor, the workflow's own ensemble masks."""
+    import numpy as np
+    import pandas as pd
+    import SimpleITK as sitk
+
+    raw = tiny_study / "data" / "raw" / "synthetic" / "t1" / "imagesTr"
+    cases = pd.DataFrame({"case_id": ["NYU_0001", "NYU_0002"],
+                          "image": [str(raw / f"{c}_0000.nii.gz") for c in ("NYU_0001", "NYU_0002")], "extra": "x"})
+    cases.to_csv(tmp_path / "cases.tsv", sep="\t", index=False)
+    out = tmp_path / "masks"
+    assert B.main(["predict", "--bundle", str(bundle_file(tiny_study, "pansegnet")), "--cases",
+                   str(tmp_path / "cases.tsv"), "--out", str(out), "--device", "cpu", "--threads", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["NYU_0001.nii.gz", "NYU_0002.nii.gz"]
+    for case in cases.case_id:
+        ref = tiny_study / "results" / "T1" / "pansegnet" / "centers" / "NYU" / "ensemble_masks" / f"{case}.nii.gz"
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz"))),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(ref))))
+
+
+@pytest.mark.parametrize("table, message", [
+    ("case\timage\nA\tx.nii.gz\n", "lacks column.*case_id"),
+    ("case_id\timage\nA\t{img}\nA\t{img}\n", "case_id 'A' appears more than once"),
+    ("case_id\timage\nA\t/nowhere/x.nii.gz\n", "image /nowhere/x.nii.gz does not exist"),
+    ("case_id\timage\n../A\t{img}\n", "case_id '../A': ids are"),
+])
+def test_predict_command_refuses_bad_tables(tmp_path, table, message):
+    from workflow_scripts.bundle_predict import read_cases
+
+    img = tmp_path / "x.nii.gz"
+    img.write_bytes(b"")
+    path = tmp_path / "cases.tsv"
+    path.write_text(table.format(img=img))
+    with pytest.raises(B.InputError, match=message) as e:
+        read_cases(path)
+    assert str(e.value).startswith(str(path))

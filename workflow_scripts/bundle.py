@@ -22,6 +22,9 @@ named in bundle.json is imported from the installed packages; the bundle carries
     python -m workflow_scripts.bundle export --model-folder DIR --checkpoints F0 F1 ... --trainer M:C \
         --configuration 3d_fullres --modality T1 --model nnunet --out B.tar
     python -m workflow_scripts.bundle verify B.tar      # checks every sha256, prints bundle.json
+    python -m workflow_scripts.bundle import-v1 --model-dir <v1 Trainer__Plans folder> [--plans plans.pkl] \
+        --modality T1 --model pansegnet --out B.tar      # a trained nnU-Net v1 model (v1_import.py)
+    python -m workflow_scripts.bundle predict --bundle B.tar --cases cases.tsv --out DIR   # bundle_predict.py
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ from .sources.download import file_digest
 log = logging.getLogger(__name__)
 
 FORMAT = "panseg-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what export writes
+# Bundles imported from nnU-Net v1 are format 2: they need v1's inference semantics, which a reader
+# of format 1 does not know (it would give close but different masks), so it refuses them.
+READ_FORMAT_VERSION = 2
+SEMANTICS = ("v2", "v1")  # inference_semantics: nnU-Net v2's predictor order / nnU-Net v1's (v1_inference.py)
 INFO = "bundle.json"
 MANIFEST = "SHA256SUMS"
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -145,6 +152,7 @@ def bundle_info(name: str, model_folder: Path, checkpoints: list[Path], trainer:
         "folds": [_fold_of(ck) for ck in checkpoints],
         "checkpoints": [f"fold_{_fold_of(ck)}/checkpoint_final.pth" for ck in checkpoints],
         "inference": {"mirroring": bool(mirroring), "step_size": float(step_size)},
+        "inference_semantics": "v2",
         "labels": dataset.get("labels"),
         "channels": dataset.get("channel_names"),
         "reader": dataset.get("overwrite_image_reader_writer"),
@@ -199,24 +207,39 @@ def export_bundle(model_folder, checkpoints, trainer: str, configuration: str, m
     for f in MODEL_FILES:
         if not (model_folder / f).is_file():
             raise InputError(model_folder / f, "file does not exist (nnU-Net writes it when training starts)")
-    name = out.name.removesuffix(".tar")
-    if not out.name.endswith(".tar") or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise InputError(out, "a bundle is named <name>.tar, the name of letters, digits, '.', '_' and '-'")
+    name = check_bundle_name(out)
     info = bundle_info(name, model_folder, checkpoints, trainer, configuration, modality, model, mirroring, step_size)
-    files: dict[str, Path | bytes] = {INFO: (json.dumps(info, indent=1, sort_keys=True) + "\n").encode()}
+    files: dict[str, Path | bytes] = {INFO: info_bytes(info)}
     for f in MODEL_FILES:
         files[f] = model_folder / f
     for ck in checkpoints:
         files[f"fold_{_fold_of(ck)}/checkpoint_final.pth"] = ck
         if (ck.parent / "train_info.json").exists():
             files[f"fold_{_fold_of(ck)}/train_info.json"] = ck.parent / "train_info.json"
+    write_archive(out, name, files)
+    log.info("%s: %d folds, %d files, %.1f MB", out, len(checkpoints), len(files) + 1, out.stat().st_size / 1e6)
+    return out
+
+
+def info_bytes(info: dict) -> bytes:
+    return (json.dumps(info, indent=1, sort_keys=True) + "\n").encode()
+
+
+def check_bundle_name(out: Path) -> str:
+    name = out.name.removesuffix(".tar")
+    if not out.name.endswith(".tar") or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise InputError(out, "a bundle is named <name>.tar, the name of letters, digits, '.', '_' and '-'")
+    return name
+
+
+def write_archive(out: Path, name: str, files: dict[str, Path | bytes]) -> None:
+    """Write the reproducible archive `out` atomically: `files` (bundle-relative name -> file or bytes)
+    under the top folder `name`, then SHA256SUMS over all of them."""
     with atomic_path(out) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
             sums = {rel: _add(tf, f"{name}/{rel}", files[rel]) for rel in sorted(files)}
             manifest = "".join(f"{sums[rel]}  {rel}\n" for rel in sorted(sums))
             _add(tf, f"{name}/{MANIFEST}", manifest.encode())
-    log.info("%s: %d folds, %d files, %.1f MB", out, len(checkpoints), len(files) + 1, out.stat().st_size / 1e6)
-    return out
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -347,9 +370,12 @@ def _read_info(archive: Path, root: Path) -> dict:
         raise BundleError(archive, f"{INFO} cannot be read ({exc})") from None
     if info.get("format") != FORMAT or not isinstance(info.get("format_version"), int):
         raise BundleError(archive, f"{INFO} does not describe a {FORMAT}")
-    if info["format_version"] > FORMAT_VERSION:
+    if info["format_version"] > READ_FORMAT_VERSION:
         raise BundleError(archive, f"bundle format {info['format_version']} is newer than this workflow reads "
-                                   f"({FORMAT_VERSION}); update the workflow")
+                                   f"({READ_FORMAT_VERSION}); update the workflow")
+    if inference_semantics(info) not in SEMANTICS:
+        raise BundleError(archive, f"{INFO}: inference_semantics {info['inference_semantics']!r} is not one of "
+                                   f"{', '.join(SEMANTICS)}")
     for key in ("trainer", "configuration", "checkpoints", "inference"):
         if key not in info:
             raise BundleError(archive, f"{INFO} lacks {key!r}")
@@ -357,6 +383,12 @@ def _read_info(archive: Path, root: Path) -> dict:
         if not (root / rel).is_file():
             raise BundleError(archive, f"{rel}: named by {INFO} but missing from the bundle")
     return info
+
+
+def inference_semantics(info: dict) -> str:
+    """How a bundle's model must be run: "v2" (nnU-Net v2's predictor; bundles without the field, made
+    before it existed, are native ones) or "v1" (models imported from nnU-Net v1)."""
+    return info.get("inference_semantics", "v2")
 
 
 @contextmanager
@@ -394,10 +426,37 @@ def main(argv=None) -> int:
     ex.add_argument("--out", required=True, help="the archive, <name>.tar")
     ve = sub.add_parser("verify", help="check every file of a bundle against its manifest; print bundle.json")
     ve.add_argument("bundle")
+    im = sub.add_parser("import-v1", help="write a bundle from a trained nnU-Net v1 model folder (docs/released_weights.md)")
+    im.add_argument("--model-dir", required=True, help="the v1 trainer folder, <Trainer>__nnUNetPlansv2.1, with fold_<k>/")
+    im.add_argument("--plans", help="v1 plans pickle, used only when the folder has neither plans.pkl nor plans in "
+                                    "fold_<k>/model_final_checkpoint.model.pkl")
+    im.add_argument("--modality", required=True)
+    im.add_argument("--model", required=True, help="the model's name in the catalog (recorded in bundle.json)")
+    im.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=True,
+                    help="default test-time mirroring of the bundle (default on, as nnU-Net v1's predictor)")
+    im.add_argument("--step-size", type=float, default=0.5)
+    im.add_argument("--out", required=True, help="the archive, <name>.tar")
+    pr = sub.add_parser("predict", help="segment the scans of a table (columns case_id, image) with a bundle")
+    pr.add_argument("--bundle", required=True)
+    pr.add_argument("--cases", required=True, help="TSV with columns case_id and image")
+    pr.add_argument("--out", required=True, help="folder for <case_id>.nii.gz")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--threads", type=int, help="CPU threads (default: all this process may use)")
+    pr.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=None,
+                    help="test-time mirroring (default: the bundle's)")
+    pr.add_argument("--step-size", type=float, help="sliding-window step as a fraction of the patch (default: bundle's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        if args.command == "export":
+        if args.command == "import-v1":
+            from .v1_import import import_v1
+
+            import_v1(args.model_dir, args.out, args.modality, args.model, args.plans, args.mirroring, args.step_size)
+        elif args.command == "predict":
+            from .bundle_predict import predict_table
+
+            predict_table(args.bundle, args.cases, args.out, args.device, args.threads, args.mirroring, args.step_size)
+        elif args.command == "export":
             export_bundle(args.model_folder, args.checkpoints, args.trainer, args.configuration, args.modality,
                           args.model, args.out, args.mirroring, args.step_size)
         else:
@@ -405,11 +464,11 @@ def main(argv=None) -> int:
                 print(json.dumps({"bundle": str(b.archive), "sha256": b.sha256, **b.info}, indent=1))
                 n = sum(1 for f in b.root.rglob("*") if f.is_file()) - 1
                 log.info("%s: verified, all %d files match %s", b.archive, n, MANIFEST)
-    except InputError as exc:
+    except (InputError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
         log.error("%s", exc)
         return 2
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # nnU-Net may start worker processes with spawn: keep this guard
     sys.exit(main())

@@ -16,7 +16,9 @@ settings, versions, peak memory).
 The bundle is verified (sha256 of every file) and extracted into a temporary folder inside the
 output folder; the model is built exactly as the workflow's own external-center prediction builds
 it (``predict.load_ensemble``: fold ensemble, ``torch.load(weights_only=True)``), and every scan
-goes through ``predict.predict_cases``, so masks equal the workflow's. A scan that fails is
+goes through ``predict.predict_cases``, so masks equal the workflow's. Models imported from nnU-Net
+v1 (bundle.json ``inference_semantics: v1``) run with v1's order of operations instead
+(``v1_inference.py``), so they give v1's masks (``bundle_predict.load_predictor`` chooses). A scan that fails is
 reported in the summary and the others go on. Exit status: 0 all scans segmented, 1 some failed
 (0 with ``--allow-failures``), 2 nothing could be done (bundle refused, no scans, no GPU).
 """
@@ -222,8 +224,8 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
 
     threads = threads or len(os.sched_getaffinity(0))
     configure(threads=threads)  # before nnunetv2 is imported: it reads its process counts at import
-    from .bundle import BundleError, opened, software_versions, version_differences
-    from .predict import load_ensemble
+    from .bundle import BundleError, inference_semantics, opened, software_versions, version_differences
+    from .bundle_predict import load_predictor
     from .devices import pick_device
 
     t_start = time.time()
@@ -251,22 +253,21 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
             log.info("%d scans in %s: %d NIfTI, %d DICOM series", len(scans), input_dir,
                      sum(s.kind == "nifti" for s in scans), sum(s.kind == "dicom" for s in scans))
             dev = pick_device(device)
-            mirroring = info["inference"]["mirroring"] if mirroring is None else mirroring
-            step_size = info["inference"]["step_size"] if step_size is None else step_size
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's chatter
-                    predictor = load_ensemble(bundle.root, bundle.checkpoints, info["trainer"], info["configuration"],
-                                              dev, mirroring, step_size)
+            try:  # native bundles: nnU-Net v2's predictor; imported v1 models: v1's semantics (v1_inference.py)
+                predictor, mirroring, step_size = load_predictor(bundle, dev, mirroring, step_size)
+            except InputError:
+                raise
             except Exception as exc:  # e.g. a checkpoint holding pickled code (weights_only refuses it)
                 first = (str(exc).strip().splitlines() or [""])[0]
                 raise BundleError(bundle.archive, f"the model cannot be loaded ({type(exc).__name__}: {first})") from None
-            log.info("model ready on %s (%d threads, mirroring %s, step %.2f) in %.1f s", dev, threads,
-                     "on" if mirroring else "off", step_size, time.time() - t_start)
+            log.info("model ready on %s (%d threads, mirroring %s, step %.2f, nnU-Net %s semantics) in %.1f s", dev,
+                     threads, "on" if mirroring else "off", step_size, inference_semantics(info), time.time() - t_start)
             summary = segment_folder(predictor, scans, out_dir, work, keep_converted)
             run_info = {
                 "bundle": str(bundle.archive), "bundle_sha256": bundle.sha256, "bundle_name": info.get("name"),
                 "modality": info.get("modality"), "model": info.get("model"), "trainer": info["trainer"],
                 "configuration": info["configuration"], "folds": info.get("folds"),
+                "inference_semantics": inference_semantics(info),
                 "bundle_versions": info.get("versions"), "versions": here,
                 "input": str(input_dir), "device": str(dev), "threads": threads, "mirroring": bool(mirroring),
                 "step_size": step_size, "scans": len(summary), "ok": int((summary.status == "ok").sum()),

@@ -11,6 +11,10 @@ whose length was fixed by the training patch size, so another input size broke i
 gets sinusoids of its own (z, y, x) index, computed for the actual feature-map size on every call:
 a token's code depends only on where it sits, so any patch size, sliding-window tile or whole
 volume works, and the code of a position is the same for every input size.
+
+``positional_encoding="legacy_1d"`` reproduces the released code instead, for weights imported from
+it (``workflow_scripts.v1_import``): one interleaved sin/cos sinusoid over the flattened tokens, of a
+fixed length (the training patch's bottleneck), held as a buffer; any other token count is refused.
 """
 
 from __future__ import annotations
@@ -56,12 +60,12 @@ class MultiHeadEfficientAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-LayerNorm transformer encoder layer with Efficient Attention and a GELU feed-forward."""
 
-    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float):
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, layer_norm_eps: float = 1e-5):
         super().__init__()
         self.attn = MultiHeadEfficientAttention(d_model, heads, dropout)
         self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model))
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.drop1 = nn.Dropout(dropout)
         self.drop2 = nn.Dropout(dropout)
 
@@ -88,25 +92,56 @@ def sinusoidal_position_code(shape: tuple[int, ...], dim: int, device=None, dtyp
     return code.to(dtype)
 
 
+def legacy_1d_position_code(length: int, dim: int) -> torch.Tensor:
+    """[1, length, dim]: the released network's code, sin(p·f_i) in even and cos(p·f_i) in odd channels,
+    f_i = 10000^(-2i/dim), computed in float32 with the same operations (so the same bits)."""
+    position = torch.arange(0, length, dtype=torch.float).unsqueeze(1)
+    freqs = torch.exp(torch.arange(0, dim, 2).float() * (-torch.log(torch.tensor(10000.0)) / dim))
+    code = torch.zeros((length, dim))
+    code[:, 0::2] = torch.sin(position * freqs)
+    code[:, 1::2] = torch.cos(position * freqs)
+    return code.unsqueeze(0)
+
+
+POSITIONAL_ENCODINGS = ("grid", "legacy_1d", "none")
+
+
 class BottleneckTransformer(nn.Module):
     """Channels -> d_model (1x1 conv), + position code, L encoder layers, d_model -> channels.
 
-    As in the paper's network there is no residual around the whole block.
+    As in the paper's network there is no residual around the whole block. ``positional_encoding``:
+    ``grid`` (default, any input size), ``legacy_1d`` (the released fixed-length code; needs
+    ``positional_length``, the bottleneck's token count at the training patch) or ``none``.
     """
 
     def __init__(self, channels: int, d_model: int = 512, heads: int = 8, layers: int = 8, ff_dim: int = 512,
-                 dropout: float = 0.3, conv_op=nn.Conv3d, positional: bool = True):
+                 dropout: float = 0.3, conv_op=nn.Conv3d, positional: bool = True,
+                 positional_encoding: str = "grid", positional_length: int | None = None,
+                 layer_norm_eps: float = 1e-5):
         super().__init__()
+        if positional_encoding not in POSITIONAL_ENCODINGS:
+            raise ValueError(f"positional_encoding {positional_encoding!r}: expected one of {POSITIONAL_ENCODINGS}")
         self.proj_in = conv_op(channels, d_model, kernel_size=1)
         self.proj_out = conv_op(d_model, channels, kernel_size=1)
-        self.layers = nn.ModuleList(EncoderLayer(d_model, heads, ff_dim, dropout) for _ in range(layers))
-        self.positional = positional
+        self.layers = nn.ModuleList(EncoderLayer(d_model, heads, ff_dim, dropout, layer_norm_eps) for _ in range(layers))
+        self.positional = positional and positional_encoding != "none"
+        self.positional_encoding = positional_encoding
         self.d_model = d_model
+        if self.positional and positional_encoding == "legacy_1d":
+            if not positional_length or positional_length < 1:
+                raise ValueError("positional_encoding legacy_1d needs positional_length (tokens at the training patch)")
+            self.register_buffer("legacy_pe", legacy_1d_position_code(int(positional_length), d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
         t = self.proj_in(x).flatten(2).transpose(1, 2)  # [B, N, d_model]
-        if self.positional:
+        if self.positional and self.positional_encoding == "legacy_1d":
+            if t.shape[1] != self.legacy_pe.shape[1]:
+                raise ValueError(f"the released (legacy_1d) positional code is fixed to {self.legacy_pe.shape[1]} "
+                                 f"bottleneck tokens (the training patch); this input gives {t.shape[1]} "
+                                 f"({'x'.join(map(str, spatial))}): predict with the training patch size")
+            t = t + self.legacy_pe.to(t.dtype)
+        elif self.positional:
             t = t + sinusoidal_position_code(tuple(spatial), self.d_model, t.device, t.dtype)
         for layer in self.layers:
             t = layer(t)

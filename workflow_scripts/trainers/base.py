@@ -39,6 +39,16 @@ class PanSegTrainer(nnUNetTrainer):
         if seed is not None:
             torch.manual_seed(seed)
 
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                   enable_deep_supervision=True):
+        """nnU-Net's network, with per-stage decoder kernels where the plans name them (v1 imports)."""
+        from ..models.decoder_kernels import apply_plans_decoder_kernels
+
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
+        return apply_plans_decoder_kernels(network, configuration_manager)
+
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written under a temporary name and then renamed.
 
