@@ -139,6 +139,25 @@ def model_prompt(model):
     return MODEL_CATALOG[model]["prompt"]
 
 
+def released_bundle(wildcards):
+    """Input function: the bundle of a released model for the {modality} wildcard."""
+    return model_bundle(wildcards.model, wildcards.modality)
+
+
+def prompt_checkpoint(wildcards):
+    """Input function: the SAM/MedSAM checkpoint file of a prompted model."""
+    return model_prompt(wildcards.model)["checkpoint"]
+
+
+def prompt_param(key):
+    """Params function: method or model_type of the prompted model named by {model}."""
+
+    def get(wildcards):
+        return model_prompt(wildcards.model)[key]
+
+    return get
+
+
 def prompted_python():
     """Interpreter of prompted (SAM/MedSAM) jobs: segment-anything needs torchvision, which does not
     import beside .venv's CPU torch. Under --sdm conda the rule's env (envs/sam.yaml) gives `python`;

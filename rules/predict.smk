@@ -111,3 +111,66 @@ use rule predict_external as predict_loco with:
         configuration=model_param("configuration"),
         inference=inference_params(),
         mirroring=MIRRORING_FLAG,
+
+
+# ---- models that only predict (model_catalog kinds `bundle` and `prompt`; docs/models.md) ----------
+
+
+rule predict_released:
+    """Published weights (a bundle per modality, e.g. imported nnU-Net v1 models) on one center's scans."""
+    input:
+        cases=ancient_center_cases,
+        images=center_image_files,
+        bundle=released_bundle,
+    output:
+        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/released_masks"),
+    log:
+        f"{RESULTS}/logs/predict_released/{{modality}}/{{model}}/{{center}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_released/{{modality}}/{{model}}/{{center}}.tsv"
+    conda:
+        "../envs/nnunet.yaml"
+    threads: res("predict", "threads")
+    resources:
+        mem_mb=res("predict", "mem_mb"),
+        runtime=res("predict", "runtime"),
+        gpu=res("predict", "gpu"),
+    params:
+        inference=inference_params(),
+        mirroring=MIRRORING_FLAG,
+    shell:
+        "python -m workflow_scripts.bundle predict --bundle {input.bundle:q} --cases {input.cases:q} --out {output:q} "
+        "{params.mirroring} --step-size {params.inference[step_size]} --device {params.inference[device]} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
+rule predict_prompted:
+    """SAM / MedSAM given the reference label's 3-D box on one center's scans: the reference labels are
+    inputs (a fixed label re-predicts), and the setting says so (`prompted`)."""
+    input:
+        cases=ancient_center_cases,
+        images=center_image_files,
+        labels=center_label_files,
+        checkpoint=prompt_checkpoint,
+    output:
+        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/prompted_masks"),
+    log:
+        f"{RESULTS}/logs/predict_prompted/{{modality}}/{{model}}/{{center}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_prompted/{{modality}}/{{model}}/{{center}}.tsv"
+    conda:
+        "../envs/sam.yaml"
+    threads: res("predict", "threads")
+    resources:
+        mem_mb=res("predict", "mem_mb"),
+        runtime=res("predict", "runtime"),
+        gpu=res("predict", "gpu"),
+    params:
+        python=prompted_python(),
+        method=prompt_param("method"),
+        model_type=prompt_param("model_type"),
+        device=config["inference"]["device"],
+    shell:
+        "{params.python:q} -m workflow_scripts.prompted --cases {input.cases:q} --method {params.method} "
+        "--model-type {params.model_type} --checkpoint {input.checkpoint:q} --out {output:q} "
+        "--device {params.device} --threads {threads} > {log:q} 2>&1"

@@ -28,8 +28,10 @@ SITE_RESOURCES = {"slurm_partition", "slurm_account"}
 RESOURCE_KEY = {"synthetic_source": "sources", "local_source": "sources", "prepare_center": "prepare",
                 "preprocess": "preprocess", "preprocess_loco": "preprocess", "train": "train", "train_loco": "train",
                 "predict_oof": "predict", "predict_external": "predict", "predict_loco": "predict",
+                "predict_released": "predict", "predict_prompted": "predict",
                 "evaluate_center": "evaluate", "evaluate_loco": "evaluate", "segment_folder": "predict"}
-GPU_RULES = {"train", "train_loco", "predict_oof", "predict_external", "predict_loco", "segment_folder"}
+GPU_RULES = {"train", "train_loco", "predict_oof", "predict_external", "predict_loco", "predict_released",
+             "predict_prompted", "segment_folder"}
 
 
 def load(path: Path) -> dict:
