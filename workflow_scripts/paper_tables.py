@@ -367,7 +367,7 @@ def comparisons_table(comparisons: pd.DataFrame, context: Context, across: bool)
         "pairs a test gives no p-value (see Note).",
     ]
     if c.empty:
-        notes.insert(0, "No comparison: " + ("no setting pair on identical scans (no loco, released or prompted rows)."
+        notes.insert(len(_common_notes(context)), "No comparison: " + ("no setting pair on identical scans (no loco, released or prompted rows)."
                                              if across else "only one model per setting."))
     name, title = (("cross_setting", "Comparisons across settings (identical scans)") if across else
                    ("paired_tests", "Paired comparisons within each setting"))
@@ -395,7 +395,7 @@ def failures_table(failures: pd.DataFrame, context: Context) -> Table:
         "center. Δ rate = failure rate of the model − the reference " + CI_NOTE.format(n_boot=context.n_boot).replace(
             "[..]:", "with [95 % CI]:")]
     if f.empty:
-        notes.insert(0, "No comparison: only one model per setting.")
+        notes.insert(len(_common_notes(context)), "No comparison: only one model per setting.")
     return Table("failures", "Failed predictions (McNemar)", f, shown, notes, context.synthetic, 5)
 
 
@@ -425,7 +425,7 @@ def mixed_model_table(mixed: pd.DataFrame, context: Context) -> Table:
         "participant is the group (Note says so). HD95 is modelled on scans where no model's prediction failed.",
         "The per-row formula is in the CSV (column formula)."]
     if m.empty:
-        notes.insert(0, "No model: fewer than two models in every setting.")
+        notes.insert(len(_common_notes(context)), "No model: fewer than two models in every setting.")
     return Table("mixed_model", "Center effects: linear mixed models", m, shown, notes, context.synthetic, 5)
 
 
@@ -524,7 +524,7 @@ def agreement_summary(agreement: pd.DataFrame, context: Context) -> Table:
         + CI_NOTE.format(n_boot=context.n_boot).replace("; 't-CI': the t-based interval of the paired t-test", ""),
     ]
     if agreement.empty:
-        notes.insert(0, "No case has a second annotation (manifest columns label_rater2 / label_repeat are empty): "
+        notes.insert(len(_common_notes(context)), "No case has a second annotation (manifest columns label_rater2 / label_repeat are empty): "
                         "no agreement to report.")
     synthetic = "synthetic" in ",".join(agreement.data_source.astype(str)) if len(agreement) else False
     return Table("agreement", "Intra- and inter-rater agreement of the reference annotations",

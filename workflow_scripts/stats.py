@@ -110,7 +110,7 @@ def paired_tests(x, y, min_pairs: int = 5, confidence: float = 0.95) -> dict:
     if n < max(int(min_pairs), 2):
         out["note"] = f"{n} pairs, fewer than min_pairs ({min_pairs}): no test"
         return out
-    if np.ptp(d) == 0:
+    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal up to rounding (0.5 - 0.4 vs 0.6 - 0.5)
         out["note"] = "all differences equal: no test (zero variance)"
         return out
     res = sstats.ttest_rel(x, y)
@@ -366,15 +366,22 @@ def _agreement_from_sums(s: np.ndarray) -> dict:
     return dict(icc=icc, r2=r2, bias=bias, sd=sdd, loa_low=bias - 1.96 * sdd, loa_high=bias + 1.96 * sdd)
 
 
-def icc_pingouin(pred, ref) -> float:
-    """ICC(A,1) of predicted vs reference volume with pingouin (the two measurements as raters)."""
+def icc_a1(ratings) -> float:
+    """ICC(A,1) (two-way, absolute agreement, single measure) of an (n targets x k raters) matrix, with pingouin."""
     import pingouin as pg
 
-    n = len(pred)
-    data = pd.DataFrame({"target": np.tile(np.arange(n), 2), "rater": np.repeat(["pred", "ref"], n),
-                         "value": np.concatenate([np.asarray(pred, float), np.asarray(ref, float)])})
-    res = pg.intraclass_corr(data=data, targets="target", raters="rater", ratings="value")
-    return float(res.set_index("Type").loc["ICC(A,1)", "ICC"])
+    m = np.asarray(ratings, float)
+    n, k = m.shape
+    data = pd.DataFrame({"target": np.repeat(np.arange(n), k), "rater": np.tile(np.arange(k), n), "value": m.ravel()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pingouin's own pandas deprecation warnings
+        res = pg.intraclass_corr(data=data, targets="target", raters="rater", ratings="value")
+    return float(res.set_index("Type").loc["ICC(A,1)", "ICC"])  # pingouin >= 0.7 names it ICC(A,1) (was ICC2)
+
+
+def icc_pingouin(pred, ref) -> float:
+    """ICC(A,1) of predicted vs reference volume (the two measurements as raters)."""
+    return icc_a1(np.column_stack([np.asarray(pred, float), np.asarray(ref, float)]))
 
 
 def bland_altman(pred, ref) -> dict:
