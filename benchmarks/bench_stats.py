@@ -6,7 +6,7 @@ cross-validation; ~1.5 scans per participant) = 2,117 scans, x 4 models, plus le
 rows of 2 models for T1 and T2. The statistics job runs once per modality, as in the workflow;
 the bootstrap-and-tests part and the mixed models are timed separately.
 
-    python benchmarks/bench_stats.py [--n-boot 2000] [--out-dir DIR]
+    python benchmarks/bench_stats.py [--n-boot 2000] [--scale study|demo] [--out-dir DIR]
 """
 
 from __future__ import annotations
@@ -28,11 +28,21 @@ LOCO_MODELS = ["pansegnet", "nnunet"]
 SHIFT = {"pansegnet": 0.0, "nnunet": -0.005, "unet2d": -0.06, "axunet": -0.03}
 
 
-def study_tables(seed: int = 0) -> pd.DataFrame:
+# The study (config/paper.yaml) and the demo (config/config.yaml: 2 modalities x 5 centers x 8 scans,
+# 3 cross-validation and 2 external centers, 2 models, a quarter of the participants with 2 scans).
+PLANS = {
+    "study": {"CT": [("MSD", "cv", 1270, 1.0), ("NIH", "external", 80, 1.0)],
+              "T1": [(c, "cv", n, 1.54) for c, n in zip(["AHN", "MCF", "MCA", "NWU", "NYU"], [77, 77, 77, 77, 77])],
+              "T2": [(c, "cv", n, 1.54) for c, n in zip(["AHN", "MCF", "MCA", "NWU", "NYU"], [77, 77, 76, 76, 76])]},
+    "demo": {m: [("AHN", "cv", 8, 1.33), ("MCF", "cv", 8, 1.33), ("NWU", "cv", 8, 1.33), ("MCA", "external", 8, 1.33),
+                 ("NYU", "external", 8, 1.33)] for m in ("T1", "T2")},
+}
+
+
+def study_tables(seed: int = 0, scale: str = "study") -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    plan = {"CT": [("MSD", "cv", 1270, 1.0), ("NIH", "external", 80, 1.0)],
-            "T1": [(c, "cv", n, 1.54) for c, n in zip(["AHN", "MCF", "MCA", "NWU", "NYU"], [77, 77, 77, 77, 77])],
-            "T2": [(c, "cv", n, 1.54) for c, n in zip(["AHN", "MCF", "MCA", "NWU", "NYU"], [77, 77, 76, 76, 76])]}
+    plan = PLANS[scale]
+    models = MODELS if scale == "study" else ["nnunet", "pansegnet"]
     rows = []
     for modality, centers in plan.items():
         for center, setting, n_scans, per_person in centers:
@@ -43,8 +53,8 @@ def study_tables(seed: int = 0) -> pd.DataFrame:
             for k, p in enumerate(people):
                 case = f"{center}_{k:04d}"
                 vref = rng.uniform(30, 110)
-                entries = [(m, setting) for m in MODELS]
-                if modality != "CT":
+                entries = [(m, setting) for m in models]
+                if modality != "CT" and scale == "study":
                     entries += [(m, "loco") for m in LOCO_MODELS]
                 for model, s in entries:
                     dice = float(np.clip(0.85 + SHIFT[model] + center_effect + person_effect[p] - 0.03 * (s == "loco")
@@ -67,10 +77,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", choices=sorted(PLANS), default="study", help="study (2,117 scans) or demo (80 scans)")
     ap.add_argument("--out-dir", help="also write the tables here")
     args = ap.parse_args(argv)
     t = time.perf_counter()
-    per_case = study_tables(args.seed)
+    per_case = study_tables(args.seed, args.scale)
     print(f"synthetic per-case rows: {len(per_case)} ({per_case.drop_duplicates(['modality', 'case']).shape[0]} scans, "
           f"{per_case.model.nunique()} models; settings {sorted(per_case.setting.unique())}) in "
           f"{time.perf_counter() - t:.1f} s")
