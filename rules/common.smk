@@ -392,19 +392,8 @@ def loco_metrics_all(wildcards=None):
     return _loco_center_files("loco_metrics.tsv")
 
 
-def loco_cv_metrics(wildcards=None):
-    """The k-fold CV metrics of the same centers and models."""
-    return _loco_center_files("metrics.tsv")
-
-
 def loco_table_all():
     return [paper_table("loco", ext) for ext in PAPER_TABLE_FORMATS] if loco_modalities() else []
-
-
-def center_metrics_all(wildcards=None):
-    return [
-        f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for m in MODALITIES for model in MODELS for c in centers(m)
-    ]
 
 
 def metrics_of_modality(m):

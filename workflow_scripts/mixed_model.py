@@ -129,6 +129,11 @@ def mixed_models(per_case: pd.DataFrame, opts) -> pd.DataFrame:
                 defined = gs[keep]
                 complete = defined.groupby("case").model.nunique() == len(models)
                 use = defined[defined.case.isin(complete.index[complete])]
+                if use.case.nunique() >= max(opts.min_pairs, 3) and np.ptp(use[metric].astype(float)) == 0:
+                    rows += [dict(modality=modality, setting=setting, metric=metric, model=m, reference=reference,
+                                  converged=False, n_scans=int(use.case.nunique()),
+                                  note="every value equal: no model") for m in models if m != reference]
+                    continue
                 if use.case.nunique() < max(opts.min_pairs, 3):
                     rows += [dict(modality=modality, setting=setting, metric=metric, model=m, reference=reference,
                                   converged=False, n_scans=int(use.case.nunique()), note=f"fewer than "

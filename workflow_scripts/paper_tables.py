@@ -423,7 +423,9 @@ def mixed_model_table(mixed: pd.DataFrame, context: Context) -> Table:
         "participant and residual; center share = center / (center + participant + residual).",
         "With one center in a setting the center variance is not estimable: the center term is dropped and the "
         "participant is the group (Note says so). HD95 is modelled on scans where no model's prediction failed.",
-        "The per-row formula is in the CSV (column formula)."]
+        "p: Wald test of the effect, not adjusted for multiplicity (the mixed model checks the paired tests for "
+        "center effects; the Holm-adjusted tests are in paired_tests). The per-row formula is in the CSV (column "
+        "formula)."]
     if m.empty:
         notes.insert(len(_common_notes(context)), "No model: fewer than two models in every setting.")
     return Table("mixed_model", "Center effects: linear mixed models", m, shown, notes, context.synthetic, 5)
