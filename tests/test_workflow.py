@@ -114,7 +114,8 @@ def test_statistics_against_reference(run_dir):
     assert {"effect", "ci_low", "ci_high", "p", "center_var", "participant_var", "residual_var", "center_share",
             "converged", "note"} <= set(mixed.columns)
     assert set(mixed.setting) == {"cv", "external"} and len(mixed) == others * 3 * 2
-    assert mixed[mixed.setting == "external"].note.str.contains("not estimable").all()
+    assert mixed[mixed.setting == "cv"].formula.str.contains("(1 | center)", regex=False).all()  # 3 centers
+    assert mixed[mixed.setting == "external"].note.str.contains("fewer than 5 scans").all()  # NYU: 4 scans
     unconverged = mixed[mixed.converged.astype(str) != "True"]
     assert unconverged.note.str.len().gt(0).all()  # a fit that does not converge says so
     failures = pd.read_csv(stats / "failures.tsv", sep="\t")
@@ -140,7 +141,7 @@ def test_paper_tables_and_figures(run_dir):
     assert modality.model.iloc[0] == TINY_REFERENCE and sorted(modality.model[modality.setting == "cv"]) == sorted(
         TINY_MODELS)
     assert modality[modality.setting == "cv"].n_scans.eq(12).all() and modality[modality.setting == "external"].n_scans.eq(4).all()
-    assert (modality.n_participants[modality.setting == "cv"] < 12).all()
+    assert (modality.n_participants[modality.setting == "cv"] <= 12).all()
     assert {"dice_ci_low", "dice_ci_high", "nsd_mean", "vol_icc", "dice_p_t_holm", "dice_p_wilcoxon_holm"} <= set(
         modality.columns)
     md = (tables / "modality_T1.md").read_text(encoding="utf-8")

@@ -131,6 +131,11 @@ def fmt_num(v, digits=3) -> str:
     return "n/a" if v is None or pd.isna(v) else f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
 
 
+def fmt_sig(v, digits=3) -> str:
+    """Significant digits (variances span orders of magnitude)."""
+    return "n/a" if v is None or pd.isna(v) else f"{v:.{digits}g}"
+
+
 def n_cell(n_participants, n_scans) -> str:
     """'participants / scans'."""
     if pd.isna(n_scans):
@@ -409,8 +414,8 @@ def mixed_model_table(mixed: pd.DataFrame, context: Context) -> Table:
         "Effect [95% CI]": [est_ci(e, lo, hi, 2 if k == "hd95_mm" else 4, signed=True)
                             for e, lo, hi, k in zip(m.effect, m.ci_low, m.ci_high, m.metric)],
         "p": [fmt_p(p) for p in m.p],
-        "Var center": [fmt_num(v) for v in m.center_var], "Var participant": [fmt_num(v) for v in m.participant_var],
-        "Var residual": [fmt_num(v) for v in m.residual_var],
+        "Var center": [fmt_sig(v) for v in m.center_var], "Var participant": [fmt_sig(v) for v in m.participant_var],
+        "Var residual": [fmt_sig(v) for v in m.residual_var],
         "Center share (%)": ["n/a" if pd.isna(v) else f"{100 * v:.1f}" for v in m.center_share],
         "Converged": ["yes" if c is True or str(c) == "True" else "NO" for c in m.converged],
         "Note": m.note.fillna(""),
