@@ -85,6 +85,10 @@ def test_vectorised_agreement_equals_pingouin_and_scipy():
     ba = bland_altman(pred, ref)
     assert s["bias"] == pytest.approx(ba["bias"]) and s["sd"] == pytest.approx(ba["sd"])
     assert s["loa_high"] == pytest.approx(ba["loa_high"])
+    # A resample holding one scan several times: no variance, so r² and ICC are undefined, never outside [0, 1].
+    one = np.tile(cols[:1] * [1, 1, 1, 1, 1, 1], (3, 1)) + [0, 1e-13, 0, 0, 0, 0]
+    flat = _agreement_from_sums(one.sum(0))
+    assert np.isnan(flat["r2"]) and np.isnan(flat["icc"])
 
 
 def test_bland_altman_hand_computed():

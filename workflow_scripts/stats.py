@@ -360,7 +360,12 @@ def _agreement_from_sums(s: np.ndarray) -> dict:
         msr, msc, mse = ssr / (n - 1), ssc, sse / (n - 1)
         icc = (msr - mse) / (msr + mse + 2 * (msc - mse) / n)
         cov = sab - sa * sb / n
-        r2 = cov**2 / ((saa - sa**2 / n) * (sbb - sb**2 / n))
+        # Centred sums of squares from raw sums cancel badly when a resample holds (nearly) one value:
+        # below a relative 1e-10 the variance counts as zero and r², ICC are undefined (NaN), never garbage.
+        va, vb = saa - sa**2 / n, sbb - sb**2 / n
+        flat = (va <= 1e-10 * saa) | (vb <= 1e-10 * sbb)
+        r2 = np.where(flat, np.nan, cov**2 / np.where(flat, 1.0, va * vb))
+        icc = np.where(flat, np.nan, icc)
         bias = (sa - sb) / n
         sdd = np.sqrt(np.maximum((saa + sbb - 2 * sab) - n * bias**2, 0) / (n - 1))
     return dict(icc=icc, r2=r2, bias=bias, sd=sdd, loa_low=bias - 1.96 * sdd, loa_high=bias + 1.96 * sdd)
