@@ -211,6 +211,20 @@ def test_hd95_tests_leave_out_failures():
     assert low[(low.setting == "cv") & (low.scope == "all") & (low.model == "unet2d")].failures_model.iloc[0] > 1
 
 
+def test_a_model_that_always_fails():
+    """Every prediction of one model empty: no HD95 pairs (said), McNemar significant, no crash anywhere."""
+    df = fabricated()
+    df.loc[df.model == "unet2d", ["dice", "nsd", "empty"]] = [0.0, 0.0, "pred"]
+    out = stats.run_all(df, opts(n_boot=50))
+    c = out["comparisons"]
+    hd = c[(c.model == "unet2d") & (c.metric == "hd95_mm") & (c.scope == "all")]
+    assert (hd.n_pairs == 0).all() and hd.note.str.contains("12 pairs with a failed prediction|6 pairs with").all()
+    f = out["failures"][(out["failures"].model == "unet2d") & (out["failures"].scope == "all")].set_index("setting")
+    assert f.loc["cv", "p_mcnemar"] == pytest.approx(2 / 2**12)  # 12 discordant scans, all one way
+    mixed = out["mixed_model"]
+    assert mixed[mixed.metric == "hd95_mm"].note.str.contains("without a failed prediction").all()
+
+
 def test_released_and_prompted_models_get_paired_comparisons():
     extra = [("released_v1", "released"), ("sam", "prompted"), ("medsam", "prompted")]
     df = fabricated(loco_models=("pansegnet",), extra=extra)

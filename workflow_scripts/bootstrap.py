@@ -91,7 +91,7 @@ class ClusterBootstrap:
     def cluster_sums(self, values) -> np.ndarray:
         """Per-cluster sums of row values: (n_clusters, q) for (n_rows, q) or (n_rows,) input."""
         v = np.asarray(values, float)
-        v2 = v.reshape(v.shape[0], -1)
+        v2 = v[:, None] if v.ndim == 1 else v  # (n_rows, q); works for zero rows too
         out = np.zeros((self.n_clusters, v2.shape[1]))
         np.add.at(out, self.index, v2)
         return out
@@ -103,7 +103,7 @@ class ClusterBootstrap:
     def resampled_cluster_sums(self, per_cluster) -> np.ndarray:
         """(n_boot, q) sums of per-cluster values (one value per cluster, e.g. a participant mean)."""
         v = np.asarray(per_cluster, float)
-        return self.counts @ v.reshape(v.shape[0], -1)
+        return self.counts @ (v[:, None] if v.ndim == 1 else v)
 
 
 def percentile_ci(values, confidence: float = 0.95) -> tuple[float, float]:

@@ -135,9 +135,10 @@ def mixed_models(per_case: pd.DataFrame, opts) -> pd.DataFrame:
                                   note="every value equal: no model") for m in models if m != reference]
                     continue
                 if use.case.nunique() < max(opts.min_pairs, 3):
+                    what = " without a failed prediction of any model" if metric in DISTANCE_METRICS else ""
                     rows += [dict(modality=modality, setting=setting, metric=metric, model=m, reference=reference,
                                   converged=False, n_scans=int(use.case.nunique()), note=f"fewer than "
-                                  f"{max(opts.min_pairs, 3)} scans: no model") for m in models if m != reference]
+                                  f"{max(opts.min_pairs, 3)} scans{what}: no model") for m in models if m != reference]
                     continue
                 for r in fit_mixed_model(use, metric, reference):
                     rows.append(dict(modality=modality, setting=setting, metric=metric, **r))

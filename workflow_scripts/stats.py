@@ -206,12 +206,11 @@ def _compare_one(pairs: pd.DataFrame, metric: str, unit: str, opts: Options) -> 
         ci = mean_ci(boot, xv - yv, opts.confidence)
     else:
         ci = cluster_mean_ci(boot, ux - uy, opts.confidence)
-    notes = [test.pop("note")] if test["note"] else []
+    notes = [n for n in [test.pop("note")] if n]
     if fail.any():
         notes.append(f"{int(fail.sum())} pairs with a failed prediction left out")
     if undefined.any():
         notes.append(f"{int(undefined.sum())} pairs with an undefined {COMPARED_METRICS[metric]} left out")
-    test.pop("note", None)
     return dict(n_participants=boot.n_clusters, n_scans=int(valid.sum()), n_excluded=int((~valid).sum()),
                 n_excluded_failed=int(fail.sum()), n_excluded_undefined=int(undefined.sum()),
                 mean_model=float(np.mean(ux)) if len(ux) else np.nan,
