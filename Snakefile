@@ -22,8 +22,9 @@ include: "rules/common.smk"
 
 
 # Rules run `python -m workflow_scripts.<module>`: the package must import in every job, also in
-# per-rule conda envs and on cluster nodes, wherever the working directory is.
-shell.prefix("export PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}; ")
+# per-rule conda envs and on cluster nodes, wherever the working directory is. Without conda envs,
+# `python` is the interpreter that runs Snakemake (an un-activated .venv/bin/snakemake works).
+shell.prefix(job_shell_prefix())
 
 
 wildcard_constraints:
@@ -31,7 +32,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     center="|".join(ALL_CENTERS),
     fold=r"\d+",
-    run=r"Dataset\d{3}_[A-Za-z0-9]+/\w+__nnUNetPlans__(3d_fullres|2d)",
+    run=rf"Dataset\d{{3}}_[A-Za-z0-9]+/\w+__{re.escape(PLANS)}__(3d_fullres|2d)",
     source="|".join(config["sources"]),
     segment_job=segment_job_regex(),
 
@@ -47,6 +48,10 @@ include: "rules/stats.smk"
 include: "rules/report.smk"
 include: "rules/bundle.smk"
 include: "rules/segment.smk"
+
+
+# Before the DAG: finished folds of an earlier workflow version with an unchanged recipe stay trained.
+adopt_legacy_training()
 
 
 rule all:

@@ -3,7 +3,15 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+# The workflow's own package, for helpers that rules and jobs share (e.g. the training recipe).
+sys.path.insert(0, workflow.basedir)
+from workflow_scripts import recipe as recipes
+
+from workflow_scripts.inventory import center_input_files, folder_files
 
 # Built-in models; config's model_catalog adds models or overrides these key by key.
 BUILTIN_MODELS = {
@@ -147,20 +155,32 @@ def model_conf(model):
     return MODEL_CATALOG[model]
 
 
-def model_root(modality, model, experiment="cv"):
-    """nnUNet_results of one model: results/<modality>/<model> (5-fold CV) or .../loco."""
+# The plans nnU-Net's planner writes (plan.plans_name, else the planner's default name).
+PLANS = recipes.plans_name(config["plan"]["planner"], config["plan"].get("plans_name"))
+
+
+def model_root(modality, model, held_out=None):
+    """nnUNet_results of one model: results/<modality>/<model> (k-fold CV), or
+    results/<modality>/<model>/loco/<center> (the model trained without `held_out`)."""
     root = Path(RESULTS, modality, model)
-    return str(root / "loco") if experiment == "loco" else str(root)
+    return str(root / "loco" / held_out) if held_out else str(root)
 
 
-def fold_dir(modality, model, fold, experiment="cv"):
-    """nnU-Net's own output layout under the model's nnUNet_results."""
+def run_dir(modality, model, held_out=None):
+    """nnU-Net's trained-model folder: <root>/Dataset<ID>_<M>/<Trainer>__<plans>__<configuration>."""
     m = model_conf(model)
     trainer_class = m["trainer"].partition(":")[2]
-    return (
-        f"{model_root(modality, model, experiment)}/{nnunet_dataset(modality)}/"
-        f"{trainer_class}__nnUNetPlans__{m['configuration']}/fold_{fold}"
-    )
+    return f"{model_root(modality, model, held_out)}/{nnunet_dataset(modality)}/{trainer_class}__{PLANS}__{m['configuration']}"
+
+
+def fold_dir(modality, model, fold):
+    """One cross-validation fold's folder (nnU-Net's own layout)."""
+    return f"{run_dir(modality, model)}/fold_{fold}"
+
+
+def loco_dir(modality, model, center):
+    """The held-out-center model's folder: trained on all training centers but `center` (nnU-Net's fold 'all')."""
+    return f"{run_dir(modality, model, center)}/fold_all"
 
 
 def res(rule_name, key):
@@ -172,12 +192,60 @@ def plan_json():
     return json.dumps(config["plan"].get("configurations", {}), separators=(",", ":"), sort_keys=True)
 
 
-# Test-time mirroring as the training, prediction and bundle commands take it.
+# Test-time mirroring as the prediction and bundle commands take it.
 MIRRORING_FLAG = "--mirroring" if config["inference"]["mirroring"] else "--no-mirroring"
 
 
-def training_params():
-    return dict(sorted(config["training"].items()))
+def _center_rows(modality, center, direct=False):
+    """A prepared center table's rows. Through the checkpoint (jobs wait for it), or `direct`ly from
+    the file (parse time, where it must exist)."""
+    import csv
+
+    table = Path(center_table(modality, center))
+    if not direct:
+        table = Path(checkpoints.prepare_center.get(modality=modality, center=center).output.cases)
+        if not table.exists():
+            # Its checkpoint job is running again right now (outputs removed): wait for it.
+            from snakemake.exceptions import IncompleteCheckpointException
+            from snakemake.io import checkpoint_target
+
+            raise IncompleteCheckpointException(checkpoints.prepare_center.rule, checkpoint_target(str(table)))
+    with table.open(encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _training_cases(modality, held_out=None, direct=False):
+    """Rows (case_id, participant_id, center) of a model's training scans, from the prepared tables."""
+    return [row for c in centers(modality, "train-cv") if c != held_out for row in _center_rows(modality, c, direct)]
+
+
+def training_recipe(modality, model, fold=None, held_out=None, direct=False):
+    """The training recipe (workflow_scripts/recipe.py) of a CV fold or of a held-out-center model."""
+    m = model_conf(model)
+    recipe = recipes.training_recipe(
+        modality=modality,
+        dataset_id=config["modalities"][modality]["dataset_id"],
+        experiment="loco" if held_out else "cv",
+        fold=held_out if held_out else int(fold),
+        trainer=m["trainer"],
+        configuration=m["configuration"],
+        network=m["network"],
+        plan=config["plan"],
+        plans=PLANS,
+        training=config["training"],
+        folds=config["folds"],
+        split_seed=config["split_seed"],
+        cases=recipes.cases_digest(_training_cases(modality, held_out, direct)),
+    )
+    return recipes.dumps(recipe)
+
+
+def cv_training_recipe(wildcards):
+    return training_recipe(wildcards.modality, wildcards.model, fold=wildcards.fold)
+
+
+def loco_training_recipe(wildcards):
+    return training_recipe(wildcards.modality, wildcards.model, held_out=wildcards.center)
 
 
 # ---- paths of rule outputs -------------------------------------------------------------
@@ -344,12 +412,21 @@ def fold_checkpoints(wildcards):
     return [f"{fold_dir(wildcards.modality, wildcards.model, f)}/checkpoint_final.pth" for f in FOLDS]
 
 
-def fold_validations(wildcards):
-    return [f"{fold_dir(wildcards.modality, wildcards.model, f)}/validation" for f in FOLDS]
-
-
-def train_checkpoint(wildcards):
+def fold_checkpoint(wildcards):
     return f"{fold_dir(wildcards.modality, wildcards.model, wildcards.fold)}/checkpoint_final.pth"
+
+
+def loco_checkpoint(wildcards):
+    return f"{loco_dir(wildcards.modality, wildcards.model, wildcards.center)}/checkpoint_final.pth"
+
+
+def oof_dir(modality, model, fold):
+    """Out-of-fold masks of one fold: the cases it held out, predicted by its own checkpoint."""
+    return f"{RESULTS}/{modality}/{model}/oof/fold_{fold}"
+
+
+def fold_oof_dirs(wildcards):
+    return [oof_dir(wildcards.modality, wildcards.model, f) for f in FOLDS]
 
 
 def center_masks(wildcards):
@@ -364,18 +441,20 @@ def loco_modalities():
     return [m for m in MODALITIES if config["modalities"][m]["leave_one_center_out"]]
 
 
-def loco_index(modality, center):
-    """Fold number of the model that leaves `center` out (training centers in sorted order)."""
-    return sorted(centers(modality, "train-cv")).index(center)
+def loco_train_center_tables(wildcards):
+    """The training centers' tables of the model that leaves {center} out."""
+    m = wildcards.modality
+    return [center_table(m, c) for c in centers(m, "train-cv") if c != wildcards.center]
 
 
-def checked_loco_results_root(wildcards):
-    return _checked_root(wildcards, "loco")
-
-
-def loco_validation(wildcards):
-    fold = loco_index(wildcards.modality, wildcards.center)
-    return f"{fold_dir(wildcards.modality, wildcards.model, fold, 'loco')}/validation"
+def loco_train_files(wildcards):
+    """Images and labels the held-out-center model trains on: never a scan of {center}."""
+    return [
+        f
+        for c in centers(wildcards.modality, "train-cv")
+        if c != wildcards.center
+        for f in files_listed(wildcards.modality, c, ["image", "label"])
+    ]
 
 
 def _loco_center_files(name):
@@ -524,6 +603,20 @@ def local_source_path(wildcards):
     return config["sources"][wildcards.source]["path"]
 
 
+def local_source_files(wildcards):
+    """The user's folder and every file in it (a missing folder is reported as a missing input)."""
+    path = local_source_path(wildcards)
+    return [path, *folder_files(path)] if Path(path).is_dir() else [path]
+
+
+def center_source_files(wildcards):
+    """Every file of this center in its (built) source, kept or excluded: the inventory of issue 16."""
+    name = center_source(wildcards.modality, wildcards.center)
+    raw = getattr(checkpoints, f"{config['sources'][name]['type']}_source").get(source=name).output[0]
+    folder = config["modalities"][wildcards.modality]["folder"]
+    return center_input_files(Path(raw, folder), wildcards.center)
+
+
 def model_param(key):
     def get(wildcards):
         return model_conf(wildcards.model)[key]
@@ -536,14 +629,23 @@ def model_network_json(wildcards):
 
 
 def model_folder(wildcards):
-    return str(Path(fold_dir(wildcards.modality, wildcards.model, 0)).parent)
+    return run_dir(wildcards.modality, wildcards.model)
+
+
+def loco_model_folder(wildcards):
+    return run_dir(wildcards.modality, wildcards.model, wildcards.center)
+
+
+def inference_params():
+    """Every inference setting (a change re-runs every prediction, never a training)."""
+    return dict(sorted(config["inference"].items()))
 
 
 def center_cases(wildcards):
     return center_table(wildcards.modality, wildcards.center)
 
 
-def files_listed(modality, center, columns):
+def files_listed(modality, center, columns, direct=False):
     """Files a prepared center table lists.
 
     Declaring them as inputs lets Snakemake notice a label or image edited in place, which the
@@ -551,12 +653,20 @@ def files_listed(modality, center, columns):
     evaluation; a training center's re-run training, as they must. prepare_center is a
     checkpoint, so these inputs are known (and stay the same) from the first run on.
     """
-    table = Path(checkpoints.prepare_center.get(modality=modality, center=center).output.cases)
-    import csv
-
-    with table.open() as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = _center_rows(modality, center, direct)
     return sorted({row[c] for row in rows for c in columns if row.get(c)})
+
+
+def center_image_files(wildcards):
+    return files_listed(wildcards.modality, wildcards.center, ["image"])
+
+
+def ancient_center_cases(wildcards):
+    return ancient(center_cases(wildcards))
+
+
+def ancient_train_center_tables(wildcards):
+    return [ancient(t) for t in train_center_tables(wildcards)]
 
 
 def center_label_files(wildcards):
@@ -579,20 +689,6 @@ def nnunet_configurations(wildcards=None):
 def target_spacing_arg():
     spacing = config["plan"].get("target_spacing")
     return "--target-spacing " + " ".join(str(s) for s in spacing) if spacing else ""
-
-
-def _checked_root(wildcards, experiment):
-    """nnUNet_results of a training job; refuses a {run} folder that is not this model's."""
-    root = model_root(wildcards.modality, wildcards.model, experiment)
-    expected = fold_dir(wildcards.modality, wildcards.model, wildcards.fold, experiment)
-    asked = f"{root}/{wildcards.run}/fold_{wildcards.fold}"
-    if expected != asked:
-        raise ValueError(f"{asked}: model {wildcards.model} trains into {expected}")
-    return root
-
-
-def checked_results_root(wildcards):
-    return _checked_root(wildcards, "cv")
 
 
 # ---- model bundles and segmentation of new scans (rules/bundle.smk, rules/segment.smk) -----
@@ -635,3 +731,67 @@ def segment_options(wildcards):
     if job["keep_converted"]:
         options.append("--keep-converted")
     return " ".join(options)
+
+
+# ---- how jobs run ---------------------------------------------------------------------------
+def job_shell_prefix():
+    """Shell prefix of every job: the package on PYTHONPATH; without conda envs, the interpreter
+    that runs Snakemake first on PATH (so an un-activated .venv/bin/snakemake runs jobs in .venv)."""
+    prefix = "export PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+        interpreter_dir = shlex.quote(str(Path(sys.executable).parent)).replace("{", "{{").replace("}", "}}")
+        prefix += f"export PATH={interpreter_dir}:$PATH; "
+    return prefix
+
+
+# ---- upgrades -------------------------------------------------------------------------------
+def adopt_legacy_training():
+    """Finished folds trained by the workflow before the training recipe (<= 80adb6e) are not trained
+    again when their recipe is unchanged (workflow_scripts/upgrade.py). Runs before the DAG is built."""
+    if not workflow.is_main_process or not Path(".snakemake", "metadata").is_dir():
+        return
+    from workflow_scripts import upgrade
+
+    jobs = []
+    for m in MODALITIES:
+        try:
+            scans = [f for c in centers(m, "train-cv") for f in files_listed(m, c, ["image", "label"], direct=True)]
+        except FileNotFoundError:
+            continue  # not prepared yet: nothing can have been trained
+        for model in MODELS:
+            mc, network = model_conf(model), model_network_json(SimpleNamespace(model=model))
+            legacy = [
+                upgrade.legacy_train_params(
+                    dataset_id=config["modalities"][m]["dataset_id"],
+                    trainer=mc["trainer"],
+                    configuration=mc["configuration"],
+                    network_json=network,
+                    results_root=model_root(m, model),
+                    training=config["training"],
+                    mirroring=mirroring,
+                )
+                for mirroring in (True, False)
+            ]
+            for fold in FOLDS:
+                folder = fold_dir(m, model, fold)
+                jobs.append(
+                    upgrade.TrainingJob(
+                        outputs=[
+                            f"{folder}/{name}"
+                            for name in ("checkpoint_final.pth", "train_info.json", "training_curve.tsv")
+                        ],
+                        code=rules.train.rule.shellcmd,
+                        params=[repr(training_recipe(m, model, fold=fold, direct=True))],
+                        input=[f"{DATA}/nnunet_preprocessed/{m}", f"{DATA}/splits/{m}.json", *scans],
+                        legacy_params=legacy,
+                    )
+                )
+    adopted = upgrade.adopt_legacy_training(".snakemake", jobs)
+    if adopted:
+        print(
+            f"Adopted {len(adopted)} finished training folds trained by an earlier version of this workflow "
+            "(same recipe): they are not trained again.",
+            file=sys.stderr,
+        )

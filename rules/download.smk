@@ -1,6 +1,8 @@
 # Sources of raw scans -> data/raw/<source>/ in the PanSegData raw layout.
 # Every rule builds data/raw/{source}; each takes only the source names of its own type
-# (wildcard_constraints from rules/common.smk). Downloaded files are cached in
+# (wildcard_constraints from rules/common.smk). They are checkpoints: once a source is built, the
+# files of each center in it become inputs of that center's prepare_center job (the inventory,
+# workflow_scripts/inventory.py), so fixing, adding or removing any file re-runs it. Downloaded files are cached in
 # <downloads_dir>/<source>/ (default data/downloads), outside the rule's output, so an
 # interrupted download resumes on the next run and a re-run job downloads nothing.
 
@@ -12,7 +14,7 @@ localrules:
     url_source,
 
 
-rule synthetic_source:
+checkpoint synthetic_source:
     """The embedded SYNTHETIC demo study (no patient data; labelled synthetic everywhere)."""
     output:
         directory(f"{DATA}/raw/{{source}}"),
@@ -36,7 +38,7 @@ rule synthetic_source:
         "--centers {params.centers} --cases-per-center {params.cases} --seed {params.seed} > {log} 2>&1"
 
 
-rule osf_source:
+checkpoint osf_source:
     """Files of an OSF node (PanSegData: t1.zip, t2.zip, name mappings, LICENSE.txt), verified and extracted."""
     output:
         directory(f"{DATA}/raw/{{source}}"),
@@ -54,7 +56,7 @@ rule osf_source:
         "--downloads {params.downloads} --settings {params.settings} > {log} 2>&1"
 
 
-rule url_source:
+checkpoint url_source:
     """One archive with a pinned checksum (e.g. the Decathlon's Task07_Pancreas.tar), imported."""
     output:
         directory(f"{DATA}/raw/{{source}}"),
@@ -72,10 +74,13 @@ rule url_source:
         "--downloads {params.downloads} --settings {params.settings} > {log} 2>&1"
 
 
-rule local_source:
-    """A folder the user has (nnU-Net raw, Decathlon or PanSegData layout; e.g. converted NIH Pancreas-CT)."""
+checkpoint local_source:
+    """A folder the user has (nnU-Net raw, Decathlon or PanSegData layout; e.g. converted NIH Pancreas-CT).
+
+    Its inputs are the folder and every file in it: a file fixed, added or removed re-imports it.
+    """
     input:
-        local_source_path,
+        local_source_files,
     output:
         directory(f"{DATA}/raw/{{source}}"),
     log:

@@ -1,17 +1,56 @@
-# Per-center predictions: out-of-fold masks for training centers, fold ensemble for external ones.
+# Prediction, its own step: training jobs never predict, so an inference setting (inference.*)
+# re-runs every prediction of the affected models and no training. A prediction re-runs when its
+# model or its scans change: the images are inputs, the case tables only ancient() ones (a table
+# rewritten after a label fix must not re-predict; a new case is a new image input).
+#   predict_oof       one job per modality x model x fold: the cases the fold held out, by its checkpoint
+#   collect_cv_masks  a training center's out-of-fold masks, gathered from the folds
+#   predict_external  one job per external center: the fold ensemble
+#   predict_loco      one job per held-out center: the model trained without it
 
 
 # Collecting out-of-fold masks copies files: no cluster job.
 localrules:
     collect_cv_masks,
-    collect_loco_masks,
+
+
+rule predict_oof:
+    """The cases fold {fold} held out, segmented by that fold's checkpoint (its out-of-fold predictions)."""
+    input:
+        checkpoint=fold_checkpoint,
+        splits=ancient(f"{DATA}/splits/{{modality}}.json"),
+        cases=ancient_train_center_tables,
+    output:
+        directory(f"{RESULTS}/{{modality}}/{{model}}/oof/fold_{{fold}}"),
+    log:
+        f"{RESULTS}/logs/predict_oof/{{modality}}/{{model}}/fold_{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_oof/{{modality}}/{{model}}/fold_{{fold}}.tsv"
+    conda:
+        "../envs/nnunet.yaml"
+    threads: res("predict", "threads")
+    resources:
+        mem_mb=res("predict", "mem_mb"),
+        runtime=res("predict", "runtime"),
+        gpu=res("predict", "gpu"),
+    params:
+        model_folder=model_folder,
+        trainer=model_param("trainer"),
+        configuration=model_param("configuration"),
+        inference=inference_params(),
+        mirroring=MIRRORING_FLAG,
+    shell:
+        "python -m workflow_scripts.predict --cases {input.cases:q} --splits {input.splits:q} --fold {wildcards.fold} "
+        "--model-folder {params.model_folder:q} --checkpoints {input.checkpoint:q} --trainer {params.trainer:q} "
+        "--configuration {params.configuration:q} --out {output:q} {params.mirroring} "
+        "--step-size {params.inference[step_size]} --device {params.inference[device]} --threads {threads} "
+        "> {log:q} 2>&1"
 
 
 rule collect_cv_masks:
-    """Each training-center case's prediction from the fold that held it out (no training needed)."""
+    """Each training-center case's prediction from the fold that held it out."""
     input:
         cases=center_cases,
-        validation=fold_validations,
+        oof=fold_oof_dirs,
     output:
         directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/cv_masks"),
     log:
@@ -19,14 +58,15 @@ rule collect_cv_masks:
     conda:
         "../envs/data.yaml"
     shell:
-        "python -m workflow_scripts.oof --cases {input.cases} --validation {input.validation} --out {output} "
-        "> {log} 2>&1"
+        "python -m workflow_scripts.oof --cases {input.cases:q} --validation {input.oof:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule predict_external:
-    """An external center's scans segmented by the 5-fold ensemble, in one job per center."""
+    """An external center's scans segmented by the fold ensemble, in one job per center."""
     input:
-        cases=center_cases,
+        cases=ancient_center_cases,
+        images=center_image_files,
         checkpoints=fold_checkpoints,
     output:
         directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/ensemble_masks"),
@@ -45,21 +85,29 @@ rule predict_external:
         model_folder=model_folder,
         trainer=model_param("trainer"),
         configuration=model_param("configuration"),
+        inference=inference_params(),
         mirroring=MIRRORING_FLAG,
-        step=config["inference"]["step_size"],
-        device=config["inference"]["device"],
     shell:
-        "python -m workflow_scripts.predict --cases {input.cases} --model-folder {params.model_folder} "
-        "--checkpoints {input.checkpoints} --trainer {params.trainer} --configuration {params.configuration} "
-        "--out {output} {params.mirroring} --step-size {params.step} --device {params.device} "
-        "--threads {threads} > {log} 2>&1"
+        "python -m workflow_scripts.predict --cases {input.cases:q} --model-folder {params.model_folder:q} "
+        "--checkpoints {input.checkpoints:q} --trainer {params.trainer:q} --configuration {params.configuration:q} "
+        "--out {output:q} {params.mirroring} --step-size {params.inference[step_size]} "
+        "--device {params.inference[device]} --threads {threads} > {log:q} 2>&1"
 
 
-use rule collect_cv_masks as collect_loco_masks with:
+use rule predict_external as predict_loco with:
     input:
-        cases=center_cases,
-        validation=loco_validation,
+        cases=ancient_center_cases,
+        images=center_image_files,
+        checkpoints=loco_checkpoint,
     output:
         directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_masks"),
     log:
-        f"{RESULTS}/logs/collect_loco_masks/{{modality}}/{{model}}/{{center}}.log",
+        f"{RESULTS}/logs/predict_loco/{{modality}}/{{model}}/{{center}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_loco/{{modality}}/{{model}}/{{center}}.tsv"
+    params:
+        model_folder=loco_model_folder,
+        trainer=model_param("trainer"),
+        configuration=model_param("configuration"),
+        inference=inference_params(),
+        mirroring=MIRRORING_FLAG,

@@ -6,19 +6,21 @@ localrules:
     manifest,
     nnunet_raw,
     split,
-    loco_split,
+    nnunet_raw_loco,
 
 
 checkpoint prepare_center:
     """Validate one center's scans (one job per modality x center: a new center touches only itself).
 
-    A checkpoint: later rules list the files named in its table as their inputs.
+    A checkpoint: later rules list the files named in its table as their inputs. Its own inputs are
+    every file of the center in its source (kept and excluded alike), so fixing one re-runs it.
     """
     input:
         raw=raw_for_center,
+        files=center_source_files,
     output:
-        cases=f"{DATA}/prepared/{{modality}}/{{center}}.tsv",
-        excluded=f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv",
+        cases=update(f"{DATA}/prepared/{{modality}}/{{center}}.tsv"),
+        excluded=update(f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv"),
     log:
         f"{DATA}/logs/prepare_{{modality}}_{{center}}.log",
     conda:
@@ -81,13 +83,13 @@ rule nnunet_raw:
         "--description 'PanSeg {wildcards.modality} ({params.description} data)' > {log} 2>&1"
 
 
-rule split:
+checkpoint split:
     """Folds grouped by participant, balanced by center, stable for identical inputs."""
     input:
         train_center_tables,
     output:
-        json=f"{DATA}/splits/{{modality}}.json",
-        tsv=f"{DATA}/splits/{{modality}}.tsv",
+        json=update(f"{DATA}/splits/{{modality}}.json"),
+        tsv=update(f"{DATA}/splits/{{modality}}.tsv"),
     log:
         f"{DATA}/logs/split_{{modality}}.log",
     conda:
@@ -100,15 +102,11 @@ rule split:
         "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
 
 
-rule loco_split:
-    """Leave-one-center-out: fold k trains on every training center but the k-th (sorted)."""
+use rule nnunet_raw as nnunet_raw_loco with:
     input:
-        train_center_tables,
+        tables=loco_train_center_tables,
+        files=loco_train_files,
     output:
-        f"{DATA}/splits/{{modality}}_loco.json",
+        directory(f"{DATA}/nnunet_raw_loco/{{modality}}/{{center}}"),
     log:
-        f"{DATA}/logs/loco_split_{{modality}}.log",
-    conda:
-        "../envs/data.yaml"
-    shell:
-        "python -m workflow_scripts.splits --loco --cases {input} --out-json {output} > {log} 2>&1"
+        f"{DATA}/logs/nnunet_raw_loco_{{modality}}_{{center}}.log",

@@ -1,11 +1,15 @@
-# nnU-Net v2 fingerprint, plan and preprocess, per modality.
+# nnU-Net v2 fingerprint, plan and preprocess, per modality (and per held-out center: a model that
+# leaves a center out gets a fingerprint, plan and preprocessing that never saw that center).
+# Training reads this output as ancient(): a checkpoint, so that Snakemake looks again at what
+# depends on it once it is re-made, and update(): the previous data stays in place (and comes back
+# if the job fails) until the new data replaces it whole, so nothing sees it missing meanwhile.
 
 
-rule preprocess:
+checkpoint preprocess:
     input:
         f"{DATA}/nnunet_raw/{{modality}}",
     output:
-        directory(f"{DATA}/nnunet_preprocessed/{{modality}}"),
+        update(directory(f"{DATA}/nnunet_preprocessed/{{modality}}")),
     log:
         f"{DATA}/logs/preprocess_{{modality}}.log",
     benchmark:
@@ -22,7 +26,20 @@ rule preprocess:
         overrides=plan_json(),
         spacing=target_spacing_arg(),
         planner=config["plan"]["planner"],
+        plans=PLANS,
     shell:
         "python -m workflow_scripts.preprocess --raw-root {input} --preprocessed-root {output} "
         "--dataset-id {params.dataset_id} --modality {wildcards.modality} --configurations {params.configurations} "
-        "--overrides '{params.overrides}' {params.spacing} --planner {params.planner} --threads {threads} > {log} 2>&1"
+        "--overrides {params.overrides:q} {params.spacing} --planner {params.planner:q} --plans-name {params.plans:q} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
+use rule preprocess as preprocess_loco with:
+    input:
+        f"{DATA}/nnunet_raw_loco/{{modality}}/{{center}}",
+    output:
+        update(directory(f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}")),
+    log:
+        f"{DATA}/logs/preprocess_loco_{{modality}}_{{center}}.log",
+    benchmark:
+        f"{DATA}/benchmarks/preprocess_loco_{{modality}}_{{center}}.tsv"

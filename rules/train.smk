@@ -1,16 +1,25 @@
-# One job per modality x model x fold; resumes from checkpoint_latest.pth after an interruption.
+# Training: one job per modality x model x fold (k-fold CV) and per held-out center (leave one
+# center out). A training job trains and nothing else (prediction is rules/predict.smk).
+#
+# Labs run these jobs for weeks: a job must re-run only when what it learns changes. So
+# - its only param is the training recipe (rules/common.smk: training_recipe; workflow_scripts/recipe.py);
+# - its inputs are the scans it trains on (an edited image or label re-trains), and the derived data
+#   (preprocessed arrays, splits) as ancient(): re-running those steps (a workflow upgrade, a new
+#   center elsewhere) does not re-train by itself; a change in what they produce is in the recipe;
+# - its shell command is frozen (tests/test_upgrade.py): changing it would re-train every finished
+#   fold of every lab that pulls the change.
+# Execution settings (device, threads, memory, runtime) are resources, never params.
 
 
 rule train:
     input:
-        raw=f"{DATA}/nnunet_raw/{{modality}}",
-        preprocessed=f"{DATA}/nnunet_preprocessed/{{modality}}",
-        splits=f"{DATA}/splits/{{modality}}.json",
+        preprocessed=ancient(f"{DATA}/nnunet_preprocessed/{{modality}}"),
+        splits=ancient(f"{DATA}/splits/{{modality}}.json"),
+        scans=train_center_files,
     output:
         checkpoint=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/checkpoint_final.pth",
         info=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/train_info.json",
         curve=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/training_curve.tsv",
-        validation=directory(f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/validation"),
     log:
         f"{RESULTS}/logs/train/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.log",
     benchmark:
@@ -22,44 +31,38 @@ rule train:
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),
         gpu=res("train", "gpu"),
+        device=config["training"]["device"],
     params:
-        dataset_id=modality_param("dataset_id"),
-        trainer=model_param("trainer"),
-        configuration=model_param("configuration"),
-        network=model_network_json,
-        results=checked_results_root,
-        t=training_params(),
-        mirroring=MIRRORING_FLAG,
+        recipe=cv_training_recipe,
     shell:
-        "python -m workflow_scripts.train --preprocessed-root {input.preprocessed} --raw-root {input.raw} "
-        "--results-root {params.results} "
-        "--dataset-id {params.dataset_id} --modality {wildcards.modality} --trainer {params.trainer} "
-        "--configuration {params.configuration} --network '{params.network}' --fold {wildcards.fold} --splits {input.splits} "
-        "--epochs {params.t[epochs]} --iterations {params.t[iterations_per_epoch]} "
-        "--val-iterations {params.t[val_iterations_per_epoch]} --lr {params.t[initial_lr]} "
-        "--optimizer {params.t[optimizer]} --save-every {params.t[save_every]} --seed {params.t[seed]} "
-        "--device {params.t[device]} {params.mirroring} --threads {threads} > {log} 2>&1"
+        "python -m workflow_scripts.train --recipe {params.recipe:q} --preprocessed-root {input.preprocessed:q} "
+        "--splits {input.splits:q} --checkpoint {output.checkpoint:q} --device {resources.device} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
-use rule train as train_loco with:
+rule train_loco:
+    """The model that leaves {center} out: all other training centers, with their own plan and preprocessing."""
     input:
-        raw=f"{DATA}/nnunet_raw/{{modality}}",
-        preprocessed=f"{DATA}/nnunet_preprocessed/{{modality}}",
-        splits=f"{DATA}/splits/{{modality}}_loco.json",
+        preprocessed=ancient(f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}"),
+        scans=loco_train_files,
     output:
-        checkpoint=f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/checkpoint_final.pth",
-        info=f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/train_info.json",
-        curve=f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/training_curve.tsv",
-        validation=directory(f"{RESULTS}/{{modality}}/{{model}}/loco/{{run}}/fold_{{fold}}/validation"),
+        checkpoint=f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}/{{run}}/fold_all/checkpoint_final.pth",
+        info=f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}/{{run}}/fold_all/train_info.json",
+        curve=f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}/{{run}}/fold_all/training_curve.tsv",
     log:
-        f"{RESULTS}/logs/train_loco/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.log",
+        f"{RESULTS}/logs/train_loco/{{modality}}/{{model}}/{{center}}/{{run}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_loco/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.tsv"
+        f"{RESULTS}/benchmarks/train_loco/{{modality}}/{{model}}/{{center}}/{{run}}.tsv"
+    conda:
+        "../envs/nnunet.yaml"
+    threads: res("train", "threads")
+    resources:
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
+        gpu=res("train", "gpu"),
+        device=config["training"]["device"],
     params:
-        dataset_id=modality_param("dataset_id"),
-        trainer=model_param("trainer"),
-        configuration=model_param("configuration"),
-        network=model_network_json,
-        results=checked_loco_results_root,
-        t=training_params(),
-        mirroring=MIRRORING_FLAG,
+        recipe=loco_training_recipe,
+    shell:
+        "python -m workflow_scripts.train --recipe {params.recipe:q} --preprocessed-root {input.preprocessed:q} "
+        "--checkpoint {output.checkpoint:q} --device {resources.device} --threads {threads} > {log:q} 2>&1"

@@ -10,10 +10,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(*args, workdir=None, timeout=1800, check=True):
+def snakemake(*args, workdir=None, timeout=1800, check=True, snakefile=REPO / "Snakefile"):
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), *args]
     if workdir is not None:
         cmd += ["--directory", str(workdir)]
     proc = subprocess.run(cmd, cwd=workdir or REPO, env=env, capture_output=True, text=True, timeout=timeout)

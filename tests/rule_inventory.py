@@ -49,6 +49,8 @@ def inventory(configfile: Path) -> dict:
                     "threads": resources.pop("_cores", None),
                     "resources": {k: v for k, v in resources.items() if not k.startswith("_")},
                     "shellcmd": rule.shellcmd,
+                    "params": sorted(rule.params._names),
+                    "input": sorted(rule.input._names),
                 }
             )
         return {"rules": rules}

@@ -26,9 +26,10 @@ TEST_PROFILE_KEYS = {"default-resources", "set-resources", "software-deployment-
 SITE_RESOURCES = {"slurm_partition", "slurm_account"}
 # Heavy rules and the config `resources:` entry that sizes them; every other rule is a localrule.
 RESOURCE_KEY = {"synthetic_source": "sources", "local_source": "sources", "prepare_center": "prepare",
-                "preprocess": "preprocess", "train": "train", "train_loco": "train", "predict_external": "predict",
+                "preprocess": "preprocess", "preprocess_loco": "preprocess", "train": "train", "train_loco": "train",
+                "predict_oof": "predict", "predict_external": "predict", "predict_loco": "predict",
                 "evaluate_center": "evaluate", "evaluate_loco": "evaluate", "segment_folder": "predict"}
-GPU_RULES = {"train", "train_loco", "predict_external", "segment_folder"}
+GPU_RULES = {"train", "train_loco", "predict_oof", "predict_external", "predict_loco", "segment_folder"}
 
 
 def load(path: Path) -> dict:
@@ -156,7 +157,8 @@ def test_light_rules_are_local():
     rules = {r["name"]: r for r in inventory(REPO / "config" / "paper.yaml")}
     local = {n for n, r in rules.items() if r["local"]}
     # downloads (compute nodes often lack internet) and seconds-long table/link/copy steps
-    assert {"osf_source", "url_source", "manifest", "nnunet_raw", "split", "collect_cv_masks", "tables"} <= local
+    assert {"osf_source", "url_source", "manifest", "nnunet_raw", "nnunet_raw_loco", "split", "collect_cv_masks",
+            "tables"} <= local
     assert not local & set(RESOURCE_KEY), f"heavy rules made local: {local & set(RESOURCE_KEY)}"
     unsized = set(rules) - set(RESOURCE_KEY) - local - {"all"}
     assert not unsized, f"rules neither sized from config nor local: {sorted(unsized)}"

@@ -80,8 +80,12 @@ def cluster():
         pytest.skip("SLURM test: switched off by PANSEG_SLURM_TEST=0")
     prefix = _root_prefix()
     if prefix is None:
+        if os.environ.get("PANSEG_SLURM_INSTALLED") == "1":
+            pytest.fail("SLURM test: .ci/run installed SLURM as root, but the test cannot become root")
         pytest.skip("SLURM test: needs root or password-less sudo to start slurmd and munged")
     missing = [c for c in ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged") if not _have(c)]
+    if missing and os.environ.get("PANSEG_SLURM_INSTALLED") == "1":
+        pytest.fail(f"SLURM test: .ci/run installed SLURM, yet {', '.join(missing)} cannot be found")
     if missing:
         pytest.skip(f"SLURM test: {', '.join(missing)} not installed (`tests/slurm/cluster.sh install`, run by .ci/run)")
     started = _cluster("start", prefix, timeout=150)

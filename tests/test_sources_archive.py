@@ -91,14 +91,16 @@ def test_tar_escaping_symlink_and_write_through_it_refused(tmp_path):
 def test_tar_link_chain_out_of_the_folder_refused(tmp_path):
     # each link looks harmless on its own: here -> ".", up -> "here/.." (textually "."), but up/ is the parent
     archive = make_tar(tmp_path / "a.tar", {"up/owned.txt": b"owned"}, links={"here": ".", "up": "here/.."})
-    assert_refused(archive, tmp_path / "x" / "out", "link that leads outside")
+    assert_refused(archive, tmp_path / "x" / "out", "member 'up' resolves outside the extraction folder")
 
 
 def test_tar_hardlink_outside_refused(tmp_path):
     archive = make_tar(tmp_path / "a.tar", GOOD, hardlinks={"t1/h": "../../etc/passwd"})
-    assert_refused(archive, tmp_path / "x" / "out", "climbs out")
+    assert_refused(archive, tmp_path / "x" / "out", "member 't1/h' is a hard link to '../../etc/passwd', outside")
+    archive = make_tar(tmp_path / "c.tar", GOOD, hardlinks={"t1/h": "/etc/passwd"})
+    assert_refused(archive, tmp_path / "z" / "out", "member 't1/h' is a hard link to '/etc/passwd', outside")
     archive = make_tar(tmp_path / "b.tar", GOOD, hardlinks={"t1/h": "etc/passwd"})
-    assert_refused(archive, tmp_path / "y" / "out", "not in the archive")
+    assert_refused(archive, tmp_path / "y" / "out", "'t1/h' is a hard link to 'etc/passwd', which is not a file in")
 
 
 def test_tar_absolute_and_fifo_refused(tmp_path):
@@ -116,3 +118,37 @@ def test_not_an_archive(tmp_path):
     (tmp_path / "a.zip").write_bytes(b"this is not a zip")
     with pytest.raises(InputError, match="neither a zip nor a tar"):
         safe_extract(tmp_path / "a.zip", tmp_path / "out")
+
+
+def test_issue16_symlink_chain_refused(tmp_path):
+    """a/lnk -> .. (inside), a/lnk2 -> sub/lnk/../.. : textually inside, resolved it is the folder's parent."""
+    links = {"a/sub": ".", "a/lnk": "..", "a/lnk2": "sub/lnk/../.."}
+    archive = make_tar(tmp_path / "a.tar", GOOD, links=links)
+    assert_refused(archive, tmp_path / "x" / "out", "'a/lnk2' resolves outside the extraction folder")
+    archive = make_zip(tmp_path / "a.zip", GOOD, links=links)
+    assert_refused(archive, tmp_path / "y" / "out", "'a/lnk2' resolves outside the extraction folder")
+
+
+@pytest.mark.parametrize("order", ["links_first", "links_last"])
+def test_long_link_chain_refused_in_any_order(tmp_path, order):
+    """A chain of five links, each one step up from the last: the last one resolves two levels up."""
+    links = {"l0": "d1/d2/d3/d4/d5", "d1/d2/d3/d4/d5/l1": "..", "l2": "l0/l1/..", "l3": "l2/..", "l4": "l3/..",
+             "l5": "l4/../..", "l6": "l5/../../.."}
+    entries = {**GOOD, "d1/d2/d3/d4/d5/x.txt": b"x"}
+    if order == "links_first":
+        archive = make_tar(tmp_path / "a.tar", entries, links=links)
+    else:
+        archive = make_zip(tmp_path / "a.zip", entries, links=links)
+    assert_refused(archive, tmp_path / "x" / "out", "resolves outside the extraction folder")
+
+
+def test_link_loop_refused(tmp_path):
+    archive = make_tar(tmp_path / "a.tar", GOOD, links={"a": "b", "b": "a", "t1/c": "../a/x"})
+    assert_refused(archive, tmp_path / "x" / "out", "loop")
+
+
+def test_links_that_stay_inside_are_kept(tmp_path):
+    links = {"t1/latest": "imagesTr", "t1/alias": "latest/../labelsTr/AHN_0001.nii.gz", "t1/up": "."}
+    archive = make_tar(tmp_path / "a.tar", GOOD, links=links)
+    safe_extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "t1" / "alias").read_bytes() == b"lab"

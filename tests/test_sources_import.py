@@ -72,14 +72,26 @@ def test_url_placeholder_checksum_names_the_problem(msd_server, tmp_path):
     assert msd_server.downloads() == []
 
 
-def test_unexpected_label_value_names_the_file(tmp_path):
+def prepare(out, tmp_path, center, **kw):
+    return prepare_center(out, "CT", center, "train-cv", tmp_path / "p" / f"{center}.tsv", tmp_path / "fixed",
+                          mapping_file=out / "name_mapping.json", data_source="test", **kw)
+
+
+def test_unexpected_label_value_names_the_user_file(tmp_path):
+    """A label that cannot be merged does not stop the import: prepare applies on_bad_case to it."""
     base = decathlon_tree(tmp_path / "src", numbers=(1, 2), junk=False)
-    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(base / "labelsTr" / "pancreas_002.nii.gz")))
+    bad = base / "labelsTr" / "pancreas_002.nii.gz"
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(bad)))
     lab[0, 0, 0] = 3
-    write_nifti(base / "labelsTr" / "pancreas_002.nii.gz", lab, spacing=(1.5, 1.5, 3.0))
-    with pytest.raises(InputError, match=r"pancreas_002.nii.gz: label values \[3\]"):
-        local.fetch({"path": str(tmp_path / "src"), "center": "MSD", "foreground_labels": [1, 2]}, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    write_nifti(bad, lab, spacing=(1.5, 1.5, 3.0))
+    out = tmp_path / "out"
+    summary = local.fetch({"path": str(tmp_path / "src"), "center": "MSD", "foreground_labels": [1, 2]}, out)
+    assert summary["cases"] == 1 and summary["not_imported"] == 1
+    with pytest.raises(InputError, match=rf"{bad}: label cannot be merged: label values \[3\]"):
+        prepare(out, tmp_path, "MSD")
+    df, excluded = prepare(out, tmp_path, "MSD", on_bad_case="exclude")
+    assert df.case_id.tolist() == ["MSD_0001"]
+    assert excluded[["case_id", "file"]].values.tolist() == [["MSD_0002", str(bad)]]
 
 
 def test_local_decathlon_layout_drops_duplicates(tmp_path):
@@ -117,9 +129,15 @@ def test_local_nnunet_raw_layout_is_renamed(tmp_path):
 def test_local_second_channel_is_refused(tmp_path):
     src = tmp_path / "src"
     case_pair(src / "imagesTr" / "x_001_0000.nii.gz", src / "labelsTr" / "x_001.nii.gz")
+    case_pair(src / "imagesTr" / "x_002_0000.nii.gz", src / "labelsTr" / "x_002.nii.gz")
     write_nifti(src / "imagesTr" / "x_001_0001.nii.gz", np.zeros(SHAPE, np.float32))
-    with pytest.raises(InputError, match="x_001_0001.nii.gz: a second image channel"):
-        local.fetch({"path": str(src), "layout": "nnunet", "center": "ABC"}, tmp_path / "out")
+    local.fetch({"path": str(src), "layout": "nnunet", "center": "ABC"}, tmp_path / "out")
+    with pytest.raises(InputError, match="x_001_0001.nii.gz: image channel 0001: only single-channel"):
+        prepare(tmp_path / "out", tmp_path, "ABC")
+    df, excluded = prepare(tmp_path / "out", tmp_path, "ABC", on_bad_case="exclude")
+    assert df.case_id.tolist() == ["ABC_0002"]  # the two-channel case is left out as a whole
+    assert sorted(excluded.file) == sorted(str(src / d / f) for d, f in [
+        ("imagesTr", "x_001_0000.nii.gz"), ("imagesTr", "x_001_0001.nii.gz"), ("labelsTr", "x_001.nii.gz")])
 
 
 def test_local_panseg_layout_is_mirrored_with_archives_extracted(tmp_path):
@@ -148,7 +166,7 @@ def test_local_missing_folder_names_the_key(tmp_path):
 def test_nnunet_layout_needs_a_center(tmp_path):
     src = tmp_path / "src"
     case_pair(src / "imagesTr" / "x_001_0000.nii.gz", src / "labelsTr" / "x_001.nii.gz")
-    with pytest.raises(InputError, match="needs the source's `center`"):
+    with pytest.raises(InputError, match="1 cases follow the nnunet layout .* set the source's `center`"):
         local.fetch({"path": str(src)}, tmp_path / "out")
 
 
@@ -161,3 +179,25 @@ def test_name_mapping_in_either_direction(tmp_path, reverse):
     path = tmp_path / "T1-name_mapping.json"
     path.write_text(json.dumps(mapping))
     assert load_participants(path, r"^(?P<participant>[A-Z]+-P\d+)-V\d+$") == {"AHN_0001": "AHN-P7", "AHN_0002": "AHN-P7"}
+
+
+def test_errors_name_the_archive_member(tmp_path):
+    """A damaged label inside the downloaded tar: the message names the archive and its member."""
+    build = tmp_path / "build"
+    base = decathlon_tree(build)
+    lab = base / "labelsTr" / "pancreas_004.nii.gz"
+    lab.write_bytes(lab.read_bytes()[:-9])
+    server = StaticServer()
+    server.add(TAR, tar_folder(build))
+    server.start()
+    try:
+        out = tmp_path / "raw" / "msd"
+        url.fetch(msd_settings(server), out, tmp_path / "dl")
+    finally:
+        server.stop()
+    member = f"{tmp_path / 'dl' / 'Task07_Pancreas.tar'} member Task07_Pancreas/labelsTr/pancreas_004.nii.gz"
+    with pytest.raises(InputError, match="truncated") as err:
+        prepare(out, tmp_path, "MSD")
+    assert member in str(err.value)
+    image_member = "Task07_Pancreas.tar member Task07_Pancreas/imagesTr/pancreas_001.nii.gz"
+    assert image_member in (out / "origins.tsv").read_text(encoding="utf-8")

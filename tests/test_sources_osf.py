@@ -24,7 +24,8 @@ def test_clean_download_builds_the_raw_layout(osf_study, tmp_path):
     server, mappings = osf_study
     summary = fetch(server, tmp_path)
     out = tmp_path / "raw" / "osf"
-    assert sorted(p.name for p in out.iterdir()) == ["LICENSE.txt", "Meta informations", "download.json", "t1", "t2"]
+    assert sorted(p.name for p in out.iterdir()) == ["LICENSE.txt", "Meta informations", "download.json", "origins.tsv",
+                                                    "t1", "t2"]
     assert (out / "t1" / "t1" / "imagesTr" / "AHN_0001_0000.nii.gz").exists()
     assert (out / "t2" / "t2" / "t2" / "train" / "labelsTr" / "NYU_0002.nii.gz").exists()
     assert json.loads((out / "Meta informations" / "T1-name_mapping.json").read_text(encoding="utf-8")) == mappings["T1"]
@@ -88,8 +89,9 @@ def test_truncated_body_is_an_error_and_leaves_nothing(osf_study, tmp_path):
 def test_wrong_checksum_is_refused_and_removed(osf_study, tmp_path):
     server, _ = osf_study
     server.meta[T1] = {"sha256": "0" * 64}
-    with pytest.raises(DownloadError, match="sha256 .* expected 0000"):
+    with pytest.raises(DownloadError, match="sha256 .* expected 0000") as err:
         fetch(server, tmp_path)
+    assert str(err.value).startswith("Pancreas_MRI_Dataset/t1.zip: downloaded from http")  # the file as the user knows it
     folder = tmp_path / "downloads" / "osf" / "Pancreas_MRI_Dataset"
     assert not (folder / "t1.zip").exists() and not (folder / "t1.zip.part").exists()
     assert not (tmp_path / "raw" / "osf").exists()

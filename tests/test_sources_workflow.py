@@ -103,3 +103,54 @@ def test_paper_config_without_nih_folder_names_it(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     proc = snakemake("-n", "--configfile", "config/paper.yaml", workdir=tmp_path, timeout=120, check=False)
     assert proc.returncode != 0 and "data/local/nih_pancreas_ct" in proc.stdout + proc.stderr
+
+
+def test_fixing_an_excluded_file_reruns_only_its_center(tmp_path):
+    """Issue 16, item 8: excluded files are inputs too. A label fixed in the user's folder re-imports
+    that source and re-prepares its center (only that one); a file edited under data/raw re-prepares
+    its center too. Both local sources here: one linked (nnU-Net layout), one copied (PanSegData layout)."""
+    from source_data import panseg_tree
+
+    lab_src = tmp_path / "lab_folder"
+    for k in (1, 2, 3):
+        case_pair(lab_src / "imagesTr" / f"case_{k}_0000.nii.gz", lab_src / "labelsTr" / f"case_{k}.nii.gz", seed=k)
+    bad = lab_src / "labelsTr" / "case_2.nii.gz"
+    good_bytes = bad.read_bytes()
+    bad.write_bytes(good_bytes[:-10])  # truncated: excluded
+    panseg_tree(tmp_path / "mri", "t1", centers=("AHN", "MCF"), n=2)
+    cfg = {
+        "study": "inventory-test",
+        "sources": {"lab": {"type": "local", "path": str(lab_src), "center": "ABC"},
+                    "mri": {"type": "local", "path": str(tmp_path / "mri"), "mode": "copy"}},
+        "modalities": {
+            "CT": {"source": "lab", "mapping": "name_mapping.json", "dataset_id": 109, "train_centers": ["ABC"]},
+            "T1": {"source": "mri", "folder": "t1", "dataset_id": 110, "train_centers": ["AHN"],
+                   "external_centers": ["MCF"]}},
+        "prepare": {"on_bad_case": "exclude"},
+        "models": ["nnunet"],
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.yaml").write_text(yaml.safe_dump(cfg))
+    args = ("data/manifest.tsv", "--configfile", "c.yaml")
+    snakemake(*args, "--cores", "2", workdir=work, timeout=300)
+    excluded = pd.read_csv(work / "data" / "excluded.tsv", sep="\t", keep_default_na=False)
+    assert excluded.origin.tolist() == [str(bad)] and "truncated" in excluded.reason[0]
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(*args, "-n", workdir=work))
+
+    bad.write_bytes(good_bytes)  # the lab fixes the label in its own folder
+    counts = job_counts(snakemake(*args, "-n", workdir=work).stdout)
+    assert counts == {"local_source": 1, "prepare_center": 1, "manifest": 1}, counts
+    snakemake(*args, "--cores", "2", workdir=work, timeout=300)
+    m = pd.read_csv(work / "data" / "manifest.tsv", sep="\t", keep_default_na=False)
+    assert sorted(m[m.modality == "CT"].case_id) == ["ABC_0001", "ABC_0002", "ABC_0003"]
+    assert len(pd.read_csv(work / "data" / "excluded.tsv", sep="\t")) == 0
+
+    copied = work / "data" / "raw" / "mri" / "t1" / "labelsTr" / "MCF_0002.nii.gz"  # a copy under data/raw
+    copied.write_bytes(copied.read_bytes()[:-10])
+    counts = job_counts(snakemake(*args, "-n", workdir=work).stdout)
+    assert counts == {"prepare_center": 1, "manifest": 1}, counts
+    snakemake(*args, "--cores", "2", workdir=work, timeout=300)
+    excluded = pd.read_csv(work / "data" / "excluded.tsv", sep="\t", keep_default_na=False)
+    assert excluded.case_id.tolist() == ["MCF_0002"]
+    assert excluded.origin.tolist() == [str(tmp_path / "mri" / "t1" / "labelsTr" / "MCF_0002.nii.gz")]

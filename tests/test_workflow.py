@@ -233,10 +233,30 @@ def test_leave_one_center_out(run_dir):
     assert table.dice_n_scans.tolist() == [4, 4, 4, 12]  # the Dice pairs, never overwritten by HD95's
     md = (run_dir / "results" / "tables" / "loco.md").read_text(encoding="utf-8")
     assert "loco" in md and f"{FOLDS}-fold CV" in md and "Δ Dice (%) [CI]" in md
-    splits = json.loads((run_dir / "data" / "splits" / "T1_loco.json").read_text(encoding="utf-8"))
-    assert [s["center"] for s in splits] == ["AHN", "MCF", "NWU"]
-    for s in splits:
-        assert all(c.startswith(s["center"]) for c in s["val"]) and not any(c.startswith(s["center"]) for c in s["train"])
+
+
+def test_loco_models_never_see_their_center(run_dir):
+    """Each held-out-center model has its own raw dataset, fingerprint, plan and preprocessed data,
+    made from the other training centers only; no scan of the held-out center reaches it."""
+    cases = pd.read_csv(run_dir / "data" / "manifest.tsv", sep="\t")
+    for center in ("AHN", "MCF", "NWU"):
+        own = set(cases.case_id[cases.center == center])
+        others = set(cases.case_id[(cases.role == "train-cv") & (cases.center != center)])
+        raw = run_dir / "data" / "nnunet_raw_loco" / "T1" / center / "Dataset901_T1"
+        assert {p.name[: -len("_0000.nii.gz")] for p in (raw / "imagesTr").iterdir()} == others
+        assert {p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").iterdir()} == others
+        assert json.loads((raw / "dataset.json").read_text())["numTraining"] == len(others)
+        pre = run_dir / "data" / "nnunet_preprocessed_loco" / "T1" / center / "Dataset901_T1"
+        fingerprint = json.loads((pre / "dataset_fingerprint.json").read_text())
+        assert len(fingerprint["shapes_after_crop"]) == len(others)
+        stems = {p.name.split(".")[0].removesuffix("_seg") for p in pre.rglob("*")
+                 if p.is_file() and p.name.startswith(("AHN", "MCF", "NWU"))}
+        assert stems == others and not stems & own
+        info = json.loads(next((run_dir / "results" / "T1" / "nnunet" / "loco" / center).rglob("train_info.json"))
+                          .read_text())
+        assert info["recipe"]["experiment"] == "loco" and info["recipe"]["fold"] == center
+        log = next((run_dir / "results" / "T1" / "nnunet" / "loco" / center).rglob("training_log_*.txt")).read_text()
+        assert not any(c in log for c in own), f"a {center} scan appears in its held-out model's training log"
 
 
 def dry_run_counts(run_dir, cfg_path):
@@ -280,7 +300,10 @@ def test_rerunning_prepare_changes_nothing_training_uses(run_dir):
     assert "Nothing to be done" in proc.stdout + proc.stderr, job_counts(proc.stdout)
 
 
-def test_changed_external_labels_rerun_only_evaluation(run_dir):
+def test_changed_external_labels_rerun_only_that_center(run_dir):
+    """A label edited in place is validated again (every file of a center is an input of its
+    preparation) and re-evaluated; the center's scans are unchanged, so nothing is predicted or
+    trained again and no other center is touched."""
     label = run_dir / "data" / "raw" / "synthetic" / "t1" / "labelsTr" / "NYU_0001.nii.gz"
     original = label.read_bytes()
     img = sitk.ReadImage(str(label))
@@ -288,7 +311,7 @@ def test_changed_external_labels_rerun_only_evaluation(run_dir):
     sitk.WriteImage(sitk.Cast(eroded, sitk.sitkUInt8), str(label))
     try:
         counts = dry_run_counts(run_dir, TINY)
-        assert_only(counts, {"evaluate_center": len(MODELS)})
+        assert_only(counts, {"prepare_center": 1, "evaluate_center": len(MODELS)})
     finally:
         label.write_bytes(original)
 
@@ -301,14 +324,20 @@ def test_interrupted_training_resumes(run_dir, tmp_path):
     import sys
     import time
 
-    args = [sys.executable, "-m", "workflow_scripts.train", "--preprocessed-root",
-            str(run_dir / "data" / "nnunet_preprocessed" / "T1"), "--raw-root", str(run_dir / "data" / "nnunet_raw" / "T1"),
-            "--results-root", str(tmp_path / "res"),
-            "--dataset-id", "901", "--modality", "T1", "--trainer", "workflow_scripts.trainers.nnunet:NnUNetTrainer",
-            "--fold", "0", "--splits", str(run_dir / "data" / "splits" / "T1.json"), "--epochs", "6",
-            "--iterations", "2", "--val-iterations", "1", "--save-every", "1", "--optimizer", "adamw", "--lr", "0.003",
-            "--no-mirroring"]
+    from workflow_scripts import recipe
+
+    plan = {"planner": "ExperimentPlanner", "target_spacing": [4.0, 3.0, 3.0],
+            "configurations": {"3d_fullres": {"features_per_stage": [4, 8, 16], "batch_size": 2}}}
+    r = recipe.training_recipe(modality="T1", dataset_id=901, experiment="cv", fold=0,
+                               trainer="workflow_scripts.trainers.nnunet:NnUNetTrainer", configuration="3d_fullres",
+                               network={}, plan=plan, plans="nnUNetPlans", folds=FOLDS, split_seed=12345,
+                               training={"epochs": 6, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
+                                         "save_every": 1, "optimizer": "adamw", "initial_lr": 0.003, "seed": 1},
+                               cases="-")
     fold = tmp_path / "res" / "Dataset901_T1" / "NnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    args = [sys.executable, "-m", "workflow_scripts.train", "--recipe", recipe.dumps(r), "--preprocessed-root",
+            str(run_dir / "data" / "nnunet_preprocessed" / "T1"), "--checkpoint", str(fold / "checkpoint_final.pth"),
+            "--splits", str(run_dir / "data" / "splits" / "T1.json"), "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -345,3 +374,23 @@ def test_bundles_segment_like_the_workflow(run_dir, tmp_path, model):
     ours = sitk.ReadImage(str(tmp_path / "out" / "masks" / "NYU_0001.nii.gz"))
     ref = sitk.ReadImage(str(run_dir / "results" / "T1" / model / "centers" / "NYU" / "ensemble_masks" / "NYU_0001.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+
+
+@pytest.mark.parametrize("change", [{"mirroring": True}, {"step_size": 0.8}, {"device": "cpu"}])
+def test_inference_settings_repredict_without_training(run_dir, tmp_path, change):
+    """Any inference.* setting re-runs every prediction of the modality (out-of-fold, external,
+    held-out-center), their evaluation and the aggregates, and never a training job."""
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
+    cfg["inference"] = {**cfg.get("inference", {}), **change}
+    path = tmp_path / "inference.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    counts = dry_run_counts(run_dir, path)
+    expected = {"predict_oof": FOLDS * len(MODELS), "collect_cv_masks": 3 * len(MODELS),
+                "predict_external": len(MODELS), "predict_loco": 3, "evaluate_center": 4 * len(MODELS),
+                "evaluate_loco": 3, "loco_table": 1}
+    if "device" not in change:  # bundles record the inference defaults they were evaluated with
+        expected["export_bundle"] = len(MODELS)
+    assert_only(counts, expected)
+    assert "export_bundle" in counts or "device" in change

@@ -44,14 +44,20 @@ def atomic_dir(out):
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    old = out.parent / f".old-{out.name}"
     try:
         yield tmp
+        # Two renames: `out` is missing only between them, never while the old copy is deleted.
         if out.exists():
-            shutil.rmtree(out)
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        if old.exists():
+            shutil.rmtree(old)
 
 
 def write_text(path, text: str) -> None:

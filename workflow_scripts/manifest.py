@@ -16,6 +16,7 @@ import pandas as pd
 
 from .atomic import write_table
 from .errors import InputError
+from .prepare import EXCLUDED_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ def build_manifest(tables, schema=None) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise InputError(tables[0], f"case ids whose prefix is not their center: {wrong.case_id.tolist()[:5]}")
     if schema:
         validate_rows(df, schema)
-    ex = pd.concat(excluded, ignore_index=True) if excluded else pd.DataFrame(columns=["case_id", "modality", "center", "file", "reason"])
+    ex = pd.concat(excluded, ignore_index=True) if excluded else pd.DataFrame(columns=EXCLUDED_COLUMNS)
+    # A misfit no center's name claims (e.g. scan4_0000.nii.gz) is reported by every center of its folder: once here.
+    ex = ex.drop_duplicates(["modality", "file", "reason"]).reset_index(drop=True)
     return df, ex
 
 

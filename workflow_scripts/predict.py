@@ -135,9 +135,28 @@ def predict_cases(predictor, cases: pd.DataFrame, out_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def fold_cases(cases: pd.DataFrame, splits_file, fold: int) -> pd.DataFrame:
+    """The rows of `cases` that fold `fold` of the splits held out (its out-of-fold cases).
+
+    Every held-out case must be in the tables: a split and tables that disagree is an error.
+    """
+    splits = json.loads(Path(splits_file).read_text())
+    if not 0 <= fold < len(splits):
+        raise ValueError(f"{splits_file}: has {len(splits)} folds, fold {fold} requested")
+    val = set(splits[fold]["val"])
+    missing = sorted(val - set(cases.case_id))
+    if missing:
+        raise ValueError(f"{splits_file}: fold {fold} holds out {len(missing)} cases missing from the case tables, "
+                         f"e.g. {missing[:3]}")
+    return cases[cases.case_id.isin(val)]
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Fold-ensemble prediction of one center's scans.")
-    ap.add_argument("--cases", required=True, help="manifest TSV of the scans to segment")
+    ap = argparse.ArgumentParser(description="Segment scans with one model (a fold ensemble, or one fold's "
+                                             "checkpoint for its out-of-fold cases).")
+    ap.add_argument("--cases", nargs="+", required=True, help="case tables (TSV with case_id, image)")
+    ap.add_argument("--splits", help="splits JSON: with --fold, predict only the cases this fold held out")
+    ap.add_argument("--fold", type=int)
     ap.add_argument("--model-folder", required=True, help="folder with plans.json and dataset.json")
     ap.add_argument("--checkpoints", nargs="+", required=True)
     ap.add_argument("--trainer", required=True)
@@ -148,14 +167,23 @@ def main(argv=None):
     ap.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--step-size", type=float, default=0.5)
     args = ap.parse_args(argv)
+    if (args.splits is None) != (args.fold is None):
+        ap.error("--splits and --fold go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cases = pd.concat([pd.read_csv(f, sep="\t", dtype=str) for f in args.cases], ignore_index=True)
+    if args.splits:
+        cases = fold_cases(cases, args.splits, args.fold)
     configure(threads=args.threads)
-    from .train import pick_device
+    from .atomic import atomic_dir
+    from .devices import pick_device
 
     predictor = load_ensemble(args.model_folder, args.checkpoints, args.trainer, args.configuration,
                               pick_device(args.device), args.mirroring, args.step_size)
-    timings = predict_cases(predictor, pd.read_csv(args.cases, sep="\t", dtype=str), args.out)
-    timings.to_csv(Path(args.out) / "timings.tsv", sep="\t", index=False)
+    # Masks appear only when every case is done: a failed job leaves no partial folder.
+    with atomic_dir(args.out) as tmp:
+        timings = predict_cases(predictor, cases, tmp)
+        timings.to_csv(tmp / "timings.tsv", sep="\t", index=False)
+    log.info("%d masks in %s", len(cases), args.out)
 
 
 if __name__ == "__main__":  # nnU-Net may start worker processes with spawn: keep this guard

@@ -1,11 +1,13 @@
 """Turn one center's raw files into validated manifest rows.
 
 Runs per modality x center, so a new or changed center re-validates only itself. It finds the
-imagesTr/labelsTr pair at whatever depth it sits, takes the center from the file-name prefix and
-the participant from the name-mapping file, checks every pair (see ``pairs.py``) and writes
+imagesTr/labelsTr pair at whatever depth it sits, takes the inventory of every file there
+(``inventory.py``: names, centers, misfits), the participant from the name-mapping file, checks
+every pair (``pairs.py``: both files fully decoded) and writes
 
     <out>.tsv            one row per usable scan (the manifest's columns)
-    <out>.excluded.tsv   scans left out and why (only when prepare.on_bad_case is "exclude")
+    <out>.excluded.tsv   every file of the center left out and why (case_id, modality, center,
+                         file, reason, origin: the user's own file or archive member it came from)
 
 Optional extra annotations of a case (for intra-/inter-rater agreement) sit in folders beside
 labelsTr with the label's file name: ``labelsTr_rater2/`` (a second rater) and
@@ -15,49 +17,40 @@ image, values 0/1, some foreground) and fill the optional manifest columns ``lab
 file; with prepare.on_bad_case "exclude" only the annotation is dropped (the scan stays) and the
 row's notes say why.
 
-A bad scan stops the run with an error naming the file, unless config says to exclude it; an
-excluded scan is always listed with its reason. Nothing is skipped silently.
+Every file of the center ends up in one of the two tables: a misnamed file, an orphan, a second
+channel, a file an import could not bring in, a file that does not decode or a pair that does not
+fit. With prepare.on_bad_case "error" any of them stops the run, the message naming the files (and
+the user's own files they came from) and the problems; with "exclude" they are listed with their
+reasons. Nothing is skipped silently.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import os
 import json
 import logging
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import SimpleITK as sitk
 
-from .atomic import atomic_path, write_table
+from .atomic import FILE_MODE, write_table
 from .errors import InputError
-from .pairs import check_pair
+from .inventory import EXTRA_ANNOTATIONS, IMAGE_RE, LABEL_RE, Origins, dataset_inventory, find_dataset_dirs  # noqa: F401
+from .pairs import check_image, check_label
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["case_id", "modality", "center", "participant_id", "image", "label", "role",
                     "data_source", "spacing", "label_voxels", "notes", "label_rater2", "label_repeat"]
-# Optional manifest column -> folder beside labelsTr holding that extra annotation.
-EXTRA_ANNOTATIONS = {"label_rater2": "labelsTr_rater2", "label_repeat": "labelsTr_repeat"}
-IMAGE_RE = re.compile(r"^(?P<case>(?P<center>[A-Za-z0-9]+)_(?P<num>\d+))_0000\.nii(\.gz)?$")
-LABEL_RE = re.compile(r"^(?P<case>(?P<center>[A-Za-z0-9]+)_(?P<num>\d+))\.nii(\.gz)?$")
+EXCLUDED_COLUMNS = ["case_id", "modality", "center", "file", "reason", "origin"]
 CASE_ID_RE = re.compile(r"^[A-Za-z0-9]+_\d+(_0000)?(\.nii(\.gz)?)?$")
-
-
-def find_dataset_dirs(root) -> tuple[Path, Path]:
-    """Find the single imagesTr/labelsTr pair below `root`, at any depth."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(root, "raw data folder does not exist")
-    candidates = sorted(p for p in root.rglob("imagesTr") if p.is_dir() and (p.parent / "labelsTr").is_dir())
-    if not candidates:
-        raise InputError(root, "no imagesTr folder with a labelsTr beside it was found at any depth")
-    if len(candidates) > 1:
-        raise InputError(root, "several imagesTr/labelsTr pairs found, expected one: "
-                               + ", ".join(str(c.parent) for c in candidates))
-    return candidates[0], candidates[0].parent / "labelsTr"
+MAX_LISTED = 5  # problems spelled out in one error message
 
 
 def load_participants(mapping_file, participant_regex: str) -> dict[str, str]:
@@ -101,53 +94,58 @@ def load_participants(mapping_file, participant_regex: str) -> dict[str, str]:
     return out
 
 
-def list_center_cases(images_dir: Path, labels_dir: Path, center: str):
-    """(case_id, image, label) for one center, plus problems (orphan files) found on the way."""
+def center_cases(entries):
+    """Split one center's inventory entries into pairs, extra annotations and problems.
+
+    Returns (pairs [(case, image, label)], extras {column: {case: path}}, problems [(case, file, reason)]).
+    """
     images, labels, problems = {}, {}, []
-    for f in sorted(images_dir.iterdir()):
-        m = IMAGE_RE.match(f.name)
-        if m and m["center"] == center:
-            images[m["case"]] = f
-        elif f.name.startswith(center + "_"):
-            problems.append((f.name.split(".")[0], str(f), "not a channel-0 NIfTI image name (<CENTER>_<NNNN>_0000.nii.gz)"))
-    for f in sorted(labels_dir.iterdir()):
-        m = LABEL_RE.match(f.name)
-        if m and m["center"] == center:
-            labels[m["case"]] = f
-        elif f.name.startswith(center + "_"):
-            problems.append((f.name.split(".")[0], str(f), "not a label name (<CENTER>_<NNNN>.nii.gz)"))
+    extras = {column: {} for column in EXTRA_ANNOTATIONS}
+    column_of = {folder: column for column, folder in EXTRA_ANNOTATIONS.items()}
+    for e in entries:
+        if e.problem:
+            problems.append((e.case, e.path, e.problem))
+        elif e.kind == "image":
+            images[e.case] = e.path
+        elif e.kind == "label":
+            labels[e.case] = e.path
+        else:
+            extras[column_of[e.kind]][e.case] = e.path
     for case in sorted(set(images) - set(labels)):
-        problems.append((case, str(images[case]), f"image has no label in {labels_dir}"))
+        problems.append((case, images[case], f"image has no label ({case}.nii.gz) in labelsTr"))
     for case in sorted(set(labels) - set(images)):
-        problems.append((case, str(labels[case]), f"label has no image in {images_dir}"))
-    pairs = [(c, images[c], labels[c]) for c in sorted(set(images) & set(labels))]
-    return pairs, problems
+        problems.append((case, labels[case], f"label has no image ({case}_0000.nii.gz) in imagesTr"))
+    cases = set(images) & set(labels)
+    for column, files in extras.items():
+        for case in sorted(set(files) - cases - {c for c, _, _ in problems}):
+            problems.append((case, files.pop(case), f"{EXTRA_ANNOTATIONS[column]} annotation has no image/label "
+                                                    "pair of the same name"))
+    pairs = [(c, images[c], labels[c]) for c in sorted(cases)]
+    return pairs, extras, problems
 
 
-def find_extra_annotations(labels_dir: Path, cases) -> dict[str, dict[str, Path]]:
-    """{column: {case: path}} for the extra-annotation folders beside `labels_dir` that exist."""
-    found = {}
-    for column, folder in EXTRA_ANNOTATIONS.items():
-        d = labels_dir.parent / folder
-        files = {}
-        if d.is_dir():
-            for f in sorted(d.iterdir()):
-                m = LABEL_RE.match(f.name)
-                if m and m["case"] in cases:
-                    files[m["case"]] = f
-        found[column] = files
-    return found
+def write_fixed(image, fixed_dir, relative) -> Path:
+    """Write a re-headed label; an identical file already there is left alone (its time stamp too),
+    so re-running preparation on unchanged inputs changes nothing that training reads."""
+    path = Path(fixed_dir) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".part-") as work:
+        tmp = Path(work) / path.name
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        if not (path.exists() and filecmp.cmp(tmp, path, shallow=False)):
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+    return path
 
 
-def check_extra_annotation(image, path, fixed_dir, folder, header_mismatch, tolerances) -> Path:
-    """Validate one extra annotation like a label; return the path to record (fixed copy if re-written)."""
-    check = check_pair(image, path, header_mismatch=header_mismatch, **(tolerances or {}))
-    if check.fixed_label is None:
-        return Path(path)
-    fixed = Path(fixed_dir) / folder / Path(path).name
-    with atomic_path(fixed) as tmp:
-        sitk.WriteImage(check.fixed_label, str(tmp), useCompression=True)
-    return fixed
+def _listed(problems, origin) -> str:
+    """The first problems spelled out, each naming its file and, where known, the user's own file."""
+    parts = []
+    for _, file, reason in problems[:MAX_LISTED]:
+        src = origin(file)
+        parts.append(f"{file}{f' (from {src})' if src else ''}: {reason}")
+    more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return "; ".join(parts) + more
 
 
 def prepare_center(raw_root, modality, center, role, out_tsv, fixed_dir, mapping_file=None,
@@ -155,66 +153,70 @@ def prepare_center(raw_root, modality, center, role, out_tsv, fixed_dir, mapping
                    tolerances=None):
     """Validate one center's scans and write its manifest rows; return (rows, excluded)."""
     images_dir, labels_dir = find_dataset_dirs(raw_root)
-    pairs, problems = list_center_cases(images_dir, labels_dir, center)
+    inventory = dataset_inventory(images_dir, labels_dir)
+    origin = Origins(raw_root)
+    pairs, extras, problems = center_cases(inventory.of_center(center))
     if not pairs and not problems:
-        raise InputError(images_dir, f"no scans of center {center} ({center}_NNNN_0000.nii.gz) found")
+        raise InputError(images_dir, f"no scans of center {center} ({center}_NNNN_0000.nii.gz) found; the folder "
+                                     f"holds centers {sorted(inventory.centers)}")
     participants = load_participants(mapping_file, participant_regex) if mapping_file else {}
-    extras = find_extra_annotations(labels_dir, {c for c, _, _ in pairs})
     rows, excluded = [], list(problems)
     unmapped = 0
-    for i, (case, image, label) in enumerate(pairs, 1):
+    for i, (case, image_path, label_path) in enumerate(pairs, 1):
         try:
-            check = check_pair(image, label, header_mismatch=header_mismatch, **(tolerances or {}))
+            image = check_image(image_path)
+            check = check_label(image, label_path, header_mismatch=header_mismatch, **(tolerances or {}))
         except InputError as exc:
             excluded.append((case, exc.path, exc.problem))
             continue
-        label_path = label
         if check.fixed_label is not None:
-            label_path = Path(fixed_dir) / label.name
-            with atomic_path(label_path) as tmp:
-                sitk.WriteImage(check.fixed_label, str(tmp), useCompression=True)
+            label_path = write_fixed(check.fixed_label, fixed_dir, label_path.name)
         pid = participants.get(case)
         if pid is None:
             pid, unmapped = case, unmapped + 1
         annotations = {}
         for column, files in extras.items():
+            annotations[column] = ""
             if case not in files:
-                annotations[column] = ""
                 continue
             try:
-                annotations[column] = str(check_extra_annotation(image, files[case], fixed_dir,
-                                                                 EXTRA_ANNOTATIONS[column], header_mismatch,
-                                                                 tolerances))
+                extra = check_label(image, files[case], header_mismatch=header_mismatch, **(tolerances or {}))
             except InputError as exc:
                 if on_bad_case != "exclude":
-                    raise
+                    excluded.append((case, exc.path, exc.problem))
+                    continue
                 log.warning("DROPPED %s of %s %s: %s", column, modality, case, exc)
-                annotations[column] = ""
                 check.notes.append(f"{column} dropped ({exc.problem})")
-        rows.append(dict(case_id=case, modality=modality, center=center, participant_id=pid, image=str(image),
+                continue
+            path = files[case] if extra.fixed_label is None else \
+                write_fixed(extra.fixed_label, fixed_dir, Path(EXTRA_ANNOTATIONS[column]) / files[case].name)
+            annotations[column] = str(path)
+        rows.append(dict(case_id=case, modality=modality, center=center, participant_id=pid, image=str(image_path),
                          label=str(label_path), role=role, data_source=data_source,
                          spacing="x".join(f"{s:.4g}" for s in check.spacing), label_voxels=check.label_voxels,
                          notes="; ".join(check.notes), **annotations))
         if i % 25 == 0:
             log.info("%s %s: checked %d/%d pairs", modality, center, i, len(pairs))
 
-    excluded_df = pd.DataFrame(excluded, columns=["case_id", "file", "reason"])
-    excluded_df.insert(1, "modality", modality)
-    excluded_df.insert(2, "center", center)
-    if len(excluded_df) and on_bad_case != "exclude":
-        first = excluded_df.iloc[0]
-        more = f" (and {len(excluded_df) - 1} more problems)" if len(excluded_df) > 1 else ""
-        raise InputError(first["file"], f"{first['reason']}{more}; set prepare.on_bad_case: exclude to leave "
-                                        "bad scans out with a reason")
+    excluded.sort(key=lambda r: (str(r[0]), str(r[1])))
+    if excluded and on_bad_case != "exclude":
+        raise InputError(excluded[0][1], f"{len(excluded)} problem(s) in center {center}: {_listed(excluded, origin)}. "
+                                         "Fix the files, or set prepare.on_bad_case: exclude to leave bad scans "
+                                         "out with a reason")
     if not rows:
-        raise InputError(images_dir, f"center {center}: no usable scans left after validation")
+        raise InputError(images_dir, f"center {center}: no usable scans left after validation: "
+                                     f"{_listed(excluded, origin)}")
+    excluded_df = pd.DataFrame([dict(case_id=case, modality=modality, center=center, file=str(file), reason=reason,
+                                     origin=origin(file)) for case, file, reason in excluded], columns=EXCLUDED_COLUMNS)
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    for _, r in excluded_df.iterrows():
-        log.warning("EXCLUDED %s %s (%s): %s", modality, r.case_id, r.file, r.reason)
+    for r in excluded_df.itertuples():
+        log.warning("EXCLUDED %s %s (%s%s): %s", modality, r.case_id, r.file, f", from {r.origin}" if r.origin else "",
+                    r.reason)
     log.info("%s %s: %d scans kept, %d excluded, %d without a participant mapping (own id used), "
-             "%d label headers fixed; extra annotations: %d second rater, %d repeat", modality, center, len(df),
-             len(excluded_df), unmapped, int(df.notes.str.contains("label ").sum()),
-             int((df.label_rater2 != "").sum()), int((df.label_repeat != "").sum()))
+             "%d label headers fixed; extra annotations: %d second rater, %d repeat; %d macOS litter files "
+             "skipped in the folder", modality, center, len(df), len(excluded_df), unmapped,
+             int(df.notes.str.contains("label ").sum()), int((df.label_rater2 != "").sum()),
+             int((df.label_repeat != "").sum()), inventory.litter)
     write_table(excluded_df, Path(str(out_tsv).replace(".tsv", ".excluded.tsv")))
     write_table(df, out_tsv)
     return df, excluded_df

@@ -42,8 +42,10 @@ def apply_overrides(plans: dict, configuration: str, overrides: dict) -> dict:
                              f"{arch['n_stages']} for this patch size and spacing")
         arch["n_stages"] = n
         arch["features_per_stage"] = feats
-        for key in ("kernel_sizes", "strides", "n_conv_per_stage"):
-            arch[key] = arch[key][:n]
+        # Per-stage lists: plain U-Nets have n_conv_per_stage, residual encoders n_blocks_per_stage.
+        for key in ("kernel_sizes", "strides", "n_conv_per_stage", "n_blocks_per_stage"):
+            if key in arch:
+                arch[key] = arch[key][:n]
         arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][: n - 1]
     if "patch_size" in overrides:
         patch = [int(p) for p in overrides["patch_size"]]
@@ -65,7 +67,26 @@ def apply_overrides(plans: dict, configuration: str, overrides: dict) -> dict:
 
 def plan_and_preprocess(raw_root, preprocessed_root, dataset_id: int, modality: str, configurations=("3d_fullres",),
                         overrides=None, threads: int = 1, planner: str = "ExperimentPlanner",
-                        target_spacing=None) -> Path:
+                        target_spacing=None, expected_plans: str | None = None) -> Path:
+    """Fingerprint, plan (with config overrides) and preprocess; return the plans file.
+
+    `expected_plans`: the plans name the rest of the workflow reads (config plan.plans_name or the
+    planner's default); a planner that writes another name is an error naming that config key.
+
+    Everything is written into a temporary folder beside `preprocessed_root`, which replaces it
+    whole only when done: a failed run leaves the previous preprocessing (that finished models
+    were trained on) as it was, and a case that left the dataset leaves no stale array behind.
+    """
+    from .atomic import atomic_dir
+
+    with atomic_dir(preprocessed_root) as tmp:
+        plans_file = _plan_and_preprocess(raw_root, tmp, dataset_id, modality, configurations, overrides, threads,
+                                          planner, target_spacing, expected_plans)
+    return Path(preprocessed_root) / plans_file.relative_to(tmp)
+
+
+def _plan_and_preprocess(raw_root, preprocessed_root, dataset_id, modality, configurations, overrides, threads,
+                         planner, target_spacing, expected_plans) -> Path:
     # nnUNet_n_proc_DA=0 breaks the planner (it sets torch threads from it): give it the job's threads.
     configure(raw=raw_root, preprocessed=preprocessed_root, threads=threads, da_processes=threads)
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
@@ -75,6 +96,9 @@ def plan_and_preprocess(raw_root, preprocessed_root, dataset_id: int, modality: 
     # A target spacing is passed to the planner (not patched afterwards) so that nnU-Net plans
     # patch size and pooling for it.
     plans_name = plan_experiments([dataset_id], planner, overwrite_target_spacing=target_spacing)
+    if expected_plans and plans_name != expected_plans:
+        raise ValueError(f"planner {planner} wrote plans {plans_name!r}, but the workflow expects {expected_plans!r}: "
+                         f"set plan.plans_name: {plans_name}")
     plans_file = Path(preprocessed_root) / dataset_name(dataset_id, modality) / f"{plans_name}.json"
     plans = json.loads(plans_file.read_text())
     for conf in configurations:
@@ -102,11 +126,12 @@ def main(argv=None):
     ap.add_argument("--overrides", default="{}", help="JSON: {configuration: {patch_size, batch_size, ...}}")
     ap.add_argument("--target-spacing", type=float, nargs=3, help="3d_fullres spacing in mm (z y x)")
     ap.add_argument("--planner", default="ExperimentPlanner")
+    ap.add_argument("--plans-name", help="the plans name the planner must write (checked)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     plan_and_preprocess(args.raw_root, args.preprocessed_root, args.dataset_id, args.modality, args.configurations,
-                        json.loads(args.overrides), args.threads, args.planner, args.target_spacing)
+                        json.loads(args.overrides), args.threads, args.planner, args.target_spacing, args.plans_name)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .atomic import atomic_path, write_table, write_text
+from .decode import count_nonfinite, read_nifti
 from .dicom import Series, find_series, read_series
 from .errors import InputError
 
@@ -59,6 +60,7 @@ class Scan:
     source: Path  # a NIfTI file or a DICOM folder
     kind: str  # nifti | dicom
     series: Series | None = None
+    unreadable: tuple = ()  # DICOM files beside the series that no series could read
     problem: str = ""  # found but unusable before any work (e.g. DICOM files in no readable series)
 
 
@@ -102,7 +104,7 @@ def find_scans(input_dir, exclude=()) -> tuple[list[Scan], list[Path]]:
         by_number = all(numbers) and len(set(numbers)) == len(numbers)
         for k, s in enumerate(series, 1):
             name = base if len(series) == 1 else f"{base}_S{s.number}" if by_number else f"{base}_{k}"
-            scans.append(Scan(_safe(name), folder, "dicom", series=s))
+            scans.append(Scan(_safe(name), folder, "dicom", series=s, unreadable=tuple(stray)))
         if stray:
             scans.append(Scan(_safe(base + "_unreadable_dicom"), folder, "dicom",
                               problem=f"{len(stray)} DICOM file(s) belong to no readable series "
@@ -120,24 +122,14 @@ def find_scans(input_dir, exclude=()) -> tuple[list[Scan], list[Path]]:
 
 # ---- one scan --------------------------------------------------------------------------------
 def check_nifti(path: Path) -> None:
-    """Header-level checks before nnU-Net reads the file (nibabel, as nnU-Net's reader)."""
-    import nibabel
-
-    try:
-        img = nibabel.load(str(path))
-    except Exception as exc:  # nibabel raises many kinds for a file that is no NIfTI
-        raise InputError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
-    if img.ndim != 3:
-        raise InputError(path, f"is a {img.ndim}-D image of shape {img.shape}; expected one 3-D scan")
-    if min(img.shape) < 2:
-        raise InputError(path, f"has shape {img.shape}; a 3-D scan needs at least 2 voxels along every axis")
-    if np.issubdtype(img.get_data_dtype(), np.floating):
-        try:
-            bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
-        except Exception as exc:
-            raise InputError(path, f"image data cannot be read ({type(exc).__name__}: {exc})") from None
-        if bad:
-            raise InputError(path, f"{bad} voxels are NaN or infinite")
+    """The whole file decoded and verified before nnU-Net reads it (``decode.read_nifti``: a
+    truncated or corrupt file is an error, never zero-filled), then what a scan must be."""
+    volume = read_nifti(path)
+    if min(volume.size) < 2:
+        raise InputError(path, f"has shape {volume.size}; a 3-D scan needs at least 2 voxels along every axis")
+    bad = count_nonfinite(volume.array)
+    if bad:
+        raise InputError(path, f"{bad} voxels are NaN or infinite")
 
 
 def peak_rss_mb() -> float:
@@ -153,7 +145,7 @@ def segment_scan(predictor, scan: Scan, out_dir: Path, work: Path, keep_converte
         raise InputError(scan.source, scan.problem)
     if scan.kind == "dicom":
         image_path = work / f"{scan.name}_0000.nii"  # uncompressed: quick to write and to read back
-        series_image = read_series(scan.series)
+        series_image = read_series(scan.series, scan.unreadable)
         sitk.WriteImage(series_image, str(image_path))
         if keep_converted:
             with atomic_path(out_dir / "images" / f"{scan.name}.nii.gz") as tmp:
@@ -232,7 +224,7 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
     configure(threads=threads)  # before nnunetv2 is imported: it reads its process counts at import
     from .bundle import BundleError, opened, software_versions, version_differences
     from .predict import load_ensemble
-    from .train import pick_device
+    from .devices import pick_device
 
     t_start = time.time()
     out_dir = Path(out_dir)

@@ -1,10 +1,12 @@
-"""Train one fold of one model on one modality with nnU-Net v2's machinery, resuming if interrupted.
+"""Train one model: one fold of the cross-validation, or one held-out-center model, and nothing else.
 
-The trainer class comes from config by import path and is constructed directly. A run that was
-interrupted continues from ``checkpoint_latest.pth``; a finished one is not trained again. After
-training, the fold's held-out cases are predicted from their raw images through the same
-predictor path as external centers (``predict.py``), giving the out-of-fold masks in each scan's
-original geometry; the training curve is saved as a table for the report.
+What is trained comes from one argument, the training recipe (``recipe.py``): trainer class (by
+import path, constructed directly), configuration, network options, plans name and budget. The
+trainer writes into nnU-Net's own layout under the results root, which is read off the checkpoint
+path the workflow asks for (``<root>/Dataset<ID>_<M>/<Trainer>__<plans>__<conf>/fold_<k>/``).
+An interrupted run continues from ``checkpoint_latest.pth``; a finished one is not trained again.
+Prediction (out-of-fold, held-out center, external) is a separate step (``predict.py``), so that
+inference settings never touch training.
 """
 
 from __future__ import annotations
@@ -19,23 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import recipe as recipes
+from .devices import pick_device
 from .nnunet_env import configure, dataset_name
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no GPU")
-    return torch.device(name)
-
-
-def build_trainer(trainer_path: str, preprocessed_dir: Path, configuration: str, fold: int, device, continue_training: bool,
-                  network: dict | None = None):
+def build_trainer(trainer_path: str, preprocessed_dir: Path, plans_name: str, configuration: str, fold, device,
+                  continue_training: bool, network: dict | None = None):
     """Construct a trainer from the preprocessed dataset's plans and dataset.json.
 
     `network` (model options from config, e.g. PanSegNet's transformer size) goes into this
@@ -44,7 +38,13 @@ def build_trainer(trainer_path: str, preprocessed_dir: Path, configuration: str,
     """
     from .trainers import load_trainer_class
 
-    plans = json.loads((preprocessed_dir / "nnUNetPlans.json").read_text())
+    plans_file = preprocessed_dir / f"{plans_name}.json"
+    if not plans_file.exists():
+        found = sorted(p.name for p in preprocessed_dir.glob("*.json") if p.name not in ("dataset.json",
+                                                                                           "dataset_fingerprint.json"))
+        raise FileNotFoundError(f"{plans_file}: no such plans (found {found}); plan.plans_name must name what "
+                                "the planner wrote")
+    plans = json.loads(plans_file.read_text())
     if network:
         plans["panseg_network"] = network
     dataset_json = json.loads((preprocessed_dir / "dataset.json").read_text())
@@ -53,10 +53,11 @@ def build_trainer(trainer_path: str, preprocessed_dir: Path, configuration: str,
     return cls(plans, configuration, fold, dataset_json, device)
 
 
-def fold_folder(results_root, dataset_id: int, modality: str, trainer_path: str, configuration: str, fold: int) -> Path:
+def fold_folder(results_root, dataset_id: int, modality: str, trainer_path: str, plans_name: str,
+                configuration: str, fold) -> Path:
     """Where nnU-Net puts a fold's output (its own layout, so nnU-Net tools recognise it)."""
     cls_name = trainer_path.partition(":")[2]
-    return (Path(results_root) / dataset_name(dataset_id, modality) / f"{cls_name}__nnUNetPlans__{configuration}"
+    return (Path(results_root) / dataset_name(dataset_id, modality) / f"{cls_name}__{plans_name}__{configuration}"
             / f"fold_{fold}")
 
 
@@ -64,105 +65,84 @@ def write_curve(trainer, path: Path) -> None:
     """Per-epoch losses, pseudo-Dice and learning rate from nnU-Net's logger, as TSV."""
     import pandas as pd
 
+    from .atomic import write_table
+
     logs = trainer.logger.get_checkpoint()
     logs = logs.get("local_logger", logs) if isinstance(logs, dict) else logs
     keys = ["train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs"]
     n = min(len(logs.get(k, [])) for k in keys)
     df = pd.DataFrame({k: logs[k][:n] for k in keys})
     df.insert(0, "epoch", range(n))
-    df.to_csv(path, sep="\t", index=False)
+    write_table(df, path)
 
 
-def predict_validation(trainer, raw_dataset: Path, out_dir: Path, mirroring: bool) -> list[float]:
-    """Predict the fold's validation cases into out_dir; return their Dice values."""
-    import pandas as pd
+def train(recipe: dict, preprocessed_root, checkpoint, splits=None, device_name: str = "auto",
+          threads: int = 1) -> Path:
+    """Train what `recipe` says into the fold folder of `checkpoint` (…/fold_<k>/checkpoint_final.pth)."""
+    from .atomic import write_text
 
-    from .evaluate import evaluate_pair
-    from .predict import make_predictor, predict_cases
-
-    _, val_keys = trainer.do_split()
-    trainer.set_deep_supervision_enabled(False)
-    trainer.network.eval()
-    predictor = make_predictor(trainer.network, trainer.plans_manager, trainer.configuration_manager,
-                               [trainer.network.state_dict()], trainer.dataset_json, type(trainer).__name__,
-                               trainer.device, mirroring, trainer.inference_allowed_mirroring_axes)
-    cases = pd.DataFrame({"case_id": val_keys, "image": [str(raw_dataset / "imagesTr" / f"{k}_0000.nii.gz")
-                                                         for k in val_keys]})
-    predict_cases(predictor, cases, out_dir)
-    return [evaluate_pair(out_dir / f"{k}.nii.gz", raw_dataset / "labelsTr" / f"{k}.nii.gz")["dice"] for k in val_keys]
-
-
-def train_fold(args) -> Path:
-    configure(preprocessed=args.preprocessed_root, results=args.results_root, threads=args.threads)
+    checkpoint = Path(checkpoint)
+    out = checkpoint.parent
+    results_root = out.parents[2]
+    expected = fold_folder(results_root, recipe["dataset_id"], recipe["modality"], recipe["trainer"],
+                           recipe["plan"]["plans_name"], recipe["configuration"], recipe["fold"]
+                           if recipe["experiment"] == "cv" else "all")
+    if expected != out or checkpoint.name != "checkpoint_final.pth":
+        raise ValueError(f"{checkpoint}: this recipe trains into {expected / 'checkpoint_final.pth'}")
+    if recipe["experiment"] == "cv" and not splits:
+        raise ValueError("a cross-validation fold needs --splits")
+    configure(preprocessed=preprocessed_root, results=results_root, threads=threads)
     import torch
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = pick_device(args.device)
-    pre = Path(args.preprocessed_root) / dataset_name(args.dataset_id, args.modality)
-    out = fold_folder(args.results_root, args.dataset_id, args.modality, args.trainer, args.configuration, args.fold)
-    final, latest = out / "checkpoint_final.pth", out / "checkpoint_latest.pth"
-    resume = latest.exists() or final.exists()
-    trainer = build_trainer(args.trainer, pre, args.configuration, args.fold, device, continue_training=resume,
-                            network=json.loads(args.network))
-    trainer.configure_run(args.epochs, args.iterations, args.val_iterations, args.lr, args.save_every,
-                          splits_file=str(Path(args.splits).resolve()), test_time_mirroring=args.mirroring,
-                          seed=args.seed, optimizer=args.optimizer)
+    t = recipe["training"]
+    random.seed(t["seed"])
+    np.random.seed(t["seed"])
+    torch.manual_seed(t["seed"])
+    device = pick_device(device_name)
+    pre = Path(preprocessed_root) / dataset_name(recipe["dataset_id"], recipe["modality"])
+    latest = out / "checkpoint_latest.pth"
+    resume = latest.exists() or checkpoint.exists()
+    fold = recipe["fold"] if recipe["experiment"] == "cv" else "all"
+    trainer = build_trainer(recipe["trainer"], pre, recipe["plan"]["plans_name"], recipe["configuration"], fold,
+                            device, continue_training=resume, network=recipe["network"])
+    trainer.configure_run(t["epochs"], t["iterations_per_epoch"], t["val_iterations_per_epoch"], t["initial_lr"],
+                          t["save_every"], splits_file=str(Path(splits).resolve()) if splits else None,
+                          seed=t["seed"], optimizer=t["optimizer"])
     t0 = time.time()
-    if final.exists():
-        log.info("fold %d already trained (%s): validation only", args.fold, final)
-        trainer.load_checkpoint(str(final))
+    if checkpoint.exists():
+        log.info("%s already trained: nothing to do", checkpoint)
+        trainer.load_checkpoint(str(checkpoint))
     else:
         if latest.exists():
             trainer.load_checkpoint(str(latest))
-            log.info("resuming fold %d from %s at epoch %d", args.fold, latest, trainer.current_epoch)
+            log.info("resuming fold %s from %s at epoch %d", fold, latest, trainer.current_epoch)
         trainer.run_training()
-    t_train = time.time() - t0
-    raw = Path(args.raw_root) / dataset_name(args.dataset_id, args.modality)
-    val_dice = predict_validation(trainer, raw, out / "validation", args.mirroring)
     write_curve(trainer, out / "training_curve.tsv")
-    info = {
-        "modality": args.modality, "trainer": args.trainer, "configuration": args.configuration, "fold": args.fold,
-        "epochs": args.epochs, "iterations_per_epoch": args.iterations, "initial_lr": args.lr, "optimizer": args.optimizer, "seed": args.seed,
-        "device": str(device), "threads": args.threads, "train_seconds": round(t_train, 1),
-        "total_seconds": round(time.time() - t0, 1), "validation_mean_dice": round(float(np.mean(val_dice)), 4),
-        "n_validation_cases": len(val_dice),
-    }
-    (out / "train_info.json").write_text(json.dumps(info, indent=1))
-    log.info("fold %d done: validation Dice %.3f in %.0f s", args.fold, info["validation_mean_dice"], info["total_seconds"])
+    info = {"fold": fold, **{k: t[k] for k in ("epochs", "iterations_per_epoch", "optimizer", "initial_lr", "seed")},
+            "recipe": recipe, "device": str(device), "threads": threads, "train_seconds": round(time.time() - t0, 1)}
+    write_text(out / "train_info.json", json.dumps(info, indent=1, sort_keys=True))
+    log.info("fold %s trained in %.0f s", fold, info["train_seconds"])
     return out
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="Train one fold with nnU-Net v2 (resumes from checkpoint_latest).")
-    ap.add_argument("--preprocessed-root", required=True)
-    ap.add_argument("--raw-root", required=True, help="nnU-Net raw root (validation cases are predicted from it)")
-    ap.add_argument("--results-root", required=True)
-    ap.add_argument("--dataset-id", type=int, required=True)
-    ap.add_argument("--modality", required=True)
-    ap.add_argument("--trainer", required=True, help="import path module:Class")
-    ap.add_argument("--configuration", default="3d_fullres")
-    ap.add_argument("--fold", type=int, required=True)
-    ap.add_argument("--splits", required=True, help="splits JSON (nnU-Net format)")
-    ap.add_argument("--network", default="{}", help="JSON of model options (e.g. PanSegNet's transformer size)")
-    ap.add_argument("--epochs", type=int, required=True)
-    ap.add_argument("--iterations", type=int, required=True, help="training iterations per epoch")
-    ap.add_argument("--val-iterations", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    ap.add_argument("--save-every", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=12345)
+    ap = argparse.ArgumentParser(description="Train one fold (or one held-out-center model) with nnU-Net v2; "
+                                             "resumes from checkpoint_latest.pth.")
+    ap.add_argument("--recipe", required=True, help="training recipe JSON (workflow_scripts/recipe.py), or @FILE")
+    ap.add_argument("--preprocessed-root", required=True, help="nnU-Net preprocessed root of this model's data")
+    ap.add_argument("--checkpoint", required=True,
+                    help="the checkpoint_final.pth to produce (its folder is nnU-Net's fold folder)")
+    ap.add_argument("--splits", help="splits JSON (nnU-Net format); cross-validation folds only")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=True,
-                    help="test-time mirroring in validation")
+    ap.add_argument("--threads", type=int, default=1)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train_fold(parse_args(argv))
+    args = parse_args(argv)
+    text = Path(args.recipe[1:]).read_text() if args.recipe.startswith("@") else args.recipe
+    train(recipes.loads(text), args.preprocessed_root, args.checkpoint, args.splits, args.device, args.threads)
 
 
 if __name__ == "__main__":  # nnU-Net starts worker processes with spawn: keep this guard

@@ -283,7 +283,8 @@ def download(session: requests.Session, url: str, dest, expected: Expected, poli
     problem = verify(part, expected)
     if problem is not None:
         part.unlink()
-        raise DownloadError(url, f"downloaded file does not match: {problem}; it was removed")
+        # Named as the user knows it (the OSF path, the archive's name), with the URL it came from.
+        raise DownloadError(name, f"downloaded from {url} but does not match: {problem}; it was removed")
     os.replace(part, dest)
     elapsed = time.monotonic() - t0
     log.info("%s: done and verified (%s in %.1f s)", name, human_bytes(dest.stat().st_size), elapsed)

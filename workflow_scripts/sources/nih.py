@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..atomic import atomic_path, write_text
+from ..decode import read_dicom_series, read_nifti, unreadable_dicom_files
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ PATIENT = re.compile(r"^PANCREAS_(\d{4})$", re.IGNORECASE)
 
 
 def read_series(folder: Path) -> sitk.Image:
-    """The one DICOM series found at any depth below `folder`."""
+    """The one DICOM series found at any depth below `folder`, fully read and verified."""
     series = []
     for d in sorted({p.parent for p in folder.rglob("*") if p.is_file()}):
         for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
@@ -49,12 +50,8 @@ def read_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise InputError(folder, f"{len(series)} DICOM series found, expected one: {[str(d) for d, _ in series]}")
     d, sid = series[0]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid))
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(d, f"DICOM series cannot be read ({str(exc).strip().splitlines()[-1]})") from None
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid))
+    return read_dicom_series(d, sid, files, unreadable_dicom_files(d, files))
 
 
 def convert(dicom_root, labels_root, out) -> dict:
@@ -70,12 +67,12 @@ def convert(dicom_root, labels_root, out) -> dict:
         if not label_path.exists():
             raise InputError(label_path, f"label of {patient.name} does not exist")
         image = read_series(patient)
-        label = sitk.ReadImage(str(label_path))
-        if image.GetSize() != label.GetSize():
-            raise InputError(label_path, f"grid {label.GetSize()} differs from its DICOM series {image.GetSize()} "
+        label = read_nifti(label_path)  # verified before it is copied
+        if image.GetSize() != label.size:
+            raise InputError(label_path, f"grid {label.size} differs from its DICOM series {image.GetSize()} "
                                          f"({patient})")
-        if not (np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-4)
-                and np.allclose(image.GetOrigin(), label.GetOrigin(), atol=1e-2)):
+        if not (np.allclose(image.GetDirection(), label.direction, atol=1e-4)
+                and np.allclose(image.GetOrigin(), label.origin, atol=1e-2)):
             header_differs.append(name)
         with atomic_path(out / "imagesTr" / name) as tmp:
             sitk.WriteImage(image, str(tmp), useCompression=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..atomic import atomic_dir, write_text
 from ..errors import InputError
+from ..inventory import write_origins
 from .archive import archive_stem, is_archive_name, safe_extract
 from .common import cli, place_copy, retry_policy
 from .download import (DownloadError, Expected, check_token_transport, download, get_json, make_session,
@@ -171,15 +172,20 @@ def fetch(settings: dict, out, downloads, name: str = "osf") -> dict:
         status = download(session, f.url, local, exp, policy, name=f.path.lstrip("/"))
         fetched += status == "downloaded"
         record.append({**asdict(f), "status": status, "verified_with": "sha256" if exp.sha256 else "md5"})
+    origins = {}  # each file of <out> -> the OSF file (and archive member) it came from
     with atomic_dir(out) as tmp:
         for f in files:
             local = downloads / f.path.lstrip("/")
             if s["extract"] and is_archive_name(f.path):
-                safe_extract(local, tmp / archive_stem(local.name))
+                stem = archive_stem(local.name)
+                for member in safe_extract(local, tmp / stem)["files"]:
+                    origins[f"{stem}/{member}"] = f"{local} member {member} (OSF {f.path})"
             else:
                 place_copy(local, tmp / f.path.lstrip("/"))
+                origins[f.path.lstrip("/")] = f"{local} (OSF {f.path})"
                 if local.suffix == ".json":
                     _describe_json(local, f.path)
+        write_origins(tmp, origins)
         summary = {"source": name, "type": "osf", "api_url": api, "node": s["node"], "provider": s["provider"],
                    "patterns": list(s["files"]), "files": record}
         write_text(tmp / "download.json", json.dumps(summary, indent=1) + "\n")

@@ -60,10 +60,16 @@ def fetch(settings: dict, out, downloads, name: str = "url") -> dict:
     if staging.exists():
         shutil.rmtree(staging)
     try:
-        safe_extract(archive, staging / archive_stem(filename))
+        root = staging / archive_stem(filename)
+        safe_extract(archive, root)
+
+        def member_of(path):  # the staging copy is gone afterwards: name the archive member
+            return f"{archive} member {Path(path).relative_to(root).as_posix()}"
+
         summary = import_dataset(staging, out, layout=settings.get("layout", "auto"), center=settings.get("center"),
                                  foreground_labels=settings.get("foreground_labels"),
-                                 drop_cases=settings.get("drop_cases"), mode="move", source_name=name)
+                                 drop_cases=settings.get("drop_cases"), mode="move", source_name=name,
+                                 origin_of=member_of)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
