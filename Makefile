@@ -4,10 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
+# SAM / MedSAM (workflow_scripts.prompted) and their tests: segment-anything imports torchvision,
+# which does not import beside the CPU torch of .venv, so they get a venv of their own.
+SAM_VENV := .venv-sam
+SAM_STAMP := $(SAM_VENV)/.installed
 CORES ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint install clean-demo lock
+.PHONY: demo test lint install sam-env clean-demo lock
 
 install: $(STAMP)
 
@@ -18,12 +22,20 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --constraint requirements.lock --editable '.[test]'
 	touch $(STAMP)
 
+sam-env: $(SAM_STAMP)
+
+$(SAM_STAMP): requirements-sam.lock
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --requirement requirements-sam.lock
+	touch $(SAM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	@echo "Tables: results/demo/tables/  (SYNTHETIC demo data)"
 
-test: $(STAMP)
+test: $(STAMP) $(SAM_STAMP)
 	$(BIN)/pytest -q
+	$(abspath $(SAM_VENV))/bin/pytest -q tests/test_prompted.py
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

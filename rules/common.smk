@@ -13,15 +13,68 @@ from workflow_scripts import recipe as recipes
 
 from workflow_scripts.inventory import center_input_files, folder_files
 
-# Built-in models; config's model_catalog adds models or overrides these key by key.
+# Built-in models; config's model_catalog adds models or overrides these key by key. Each entry is
+# one of three kinds (its key says which): trainable (`trainer`, nnU-Net `configuration`, `network`
+# options), released weights (`bundle`: {modality: bundle.tar}) or prompted (`prompt`: SAM/MedSAM
+# given the reference label's box). Only trainable models get training, bundle export and
+# leave-one-center-out jobs; the other two only predict (settings `released`, `prompted`).
 BUILTIN_MODELS = {
     "nnunet": {"trainer": "workflow_scripts.trainers.nnunet:NnUNetTrainer", "configuration": "3d_fullres"},
     "pansegnet": {"trainer": "workflow_scripts.trainers.pansegnet:PanSegNetTrainer", "configuration": "3d_fullres"},
     "unet2d": {"trainer": "workflow_scripts.trainers.unet2d:UNet2DTrainer", "configuration": "2d"},
     "axunet": {"trainer": "workflow_scripts.trainers.axunet:AXUNetTrainer", "configuration": "2d"},
+    "transunet3d": {
+        "trainer": "workflow_scripts.trainers.transunet3d:TransUNet3DTrainer",
+        "configuration": "3d_fullres",
+        "label": "PanSegNet with softmax attention (TransUNet-3D stand-in)",
+    },
+    "lintransunet": {
+        "trainer": "workflow_scripts.trainers.lintransunet:LinTransUNetTrainer",
+        "configuration": "3d_fullres",
+        "label": "LinTransUNet",
+    },
+    "sam": {
+        "prompt": {"method": "sam", "model_type": "vit_h", "checkpoint": None},
+        "label": "SAM (box prompt from the reference label)",
+    },
+    "medsam": {
+        "prompt": {"method": "medsam", "model_type": "vit_b", "checkpoint": None},
+        "label": "MedSAM (box prompt from the reference label)",
+    },
 }
+# The key that makes an entry each kind, and the kind's name (also the setting of prediction-only kinds).
+MODEL_KIND_KEYS = {"trainer": "trainable", "bundle": "released", "prompt": "prompted"}
+
+
+def _catalog_entry(name, builtin, entry):
+    """One model's entry: the built-in one overridden key by key (`prompt` one level deeper), one kind."""
+    given = [k for k in MODEL_KIND_KEYS if k in entry]
+    if len(given) > 1:
+        raise ValueError(f"model_catalog.{name}: give exactly one of 'trainer', 'bundle' or 'prompt', not {given}")
+    base = [k for k in MODEL_KIND_KEYS if k in builtin]
+    if given and base and given != base:
+        raise ValueError(
+            f"model_catalog.{name}.{given[0]}: the built-in {name} is a {MODEL_KIND_KEYS[base[0]]} model "
+            f"('{base[0]}'); a model of another kind needs a name of its own"
+        )
+    merged = {**builtin, **entry}
+    if "prompt" in builtin and "prompt" in entry:
+        merged["prompt"] = {**builtin["prompt"], **entry["prompt"]}
+    if not any(k in merged for k in MODEL_KIND_KEYS):
+        raise ValueError(
+            f"model_catalog.{name}: a new model needs one of 'trainer' (module:Class), "
+            "'bundle' ({modality: bundle.tar}) or 'prompt' ({method, model_type, checkpoint})"
+        )
+    if "trainer" in merged:
+        return {"configuration": "3d_fullres", "network": {}, **merged}
+    for key in ("configuration", "network"):
+        if key in merged:
+            raise ValueError(f"model_catalog.{name}.{key}: only a trainable model (with a 'trainer') has one")
+    return merged
+
+
 MODEL_CATALOG = {
-    name: {"configuration": "3d_fullres", "network": {}, **BUILTIN_MODELS.get(name, {}), **entry}
+    name: _catalog_entry(name, BUILTIN_MODELS.get(name, {}), entry)
     for name, entry in {**{n: {} for n in BUILTIN_MODELS}, **config["model_catalog"]}.items()
 }
 DATA = config["data_dir"]
@@ -32,6 +85,70 @@ RESULTS = config["results_dir"]
 MODALITIES = list(config["modalities"])
 MODELS = list(config["models"])
 FOLDS = list(range(config["folds"]))
+
+
+def model_kind(model):
+    """'trainable', 'released' (published weights as bundles) or 'prompted' (SAM/MedSAM)."""
+    return next(kind for key, kind in MODEL_KIND_KEYS.items() if key in MODEL_CATALOG[model])
+
+
+def model_setting(model):
+    """The per-case setting of a prediction-only model ('released', 'prompted'); None for a trainable
+    one, whose setting depends on the center (setting_of_center)."""
+    kind = model_kind(model)
+    return None if kind == "trainable" else kind
+
+
+def model_label(model):
+    """The row name of a model in tables (model_catalog.<model>.label, else its name)."""
+    return MODEL_CATALOG[model].get("label") or model
+
+
+def model_labels_json():
+    """{model: table row name} of every configured model, as one JSON argument for table scripts."""
+    return json.dumps({m: model_label(m) for m in MODELS}, sort_keys=True)
+
+
+def model_has_modality(model, modality):
+    """Whether a model predicts this modality: a released model only where it has a bundle."""
+    return model_kind(model) != "released" or modality in MODEL_CATALOG[model]["bundle"]
+
+
+def trainable_models():
+    """Models of `models` that are trained here (training, bundle export, leave-one-center-out)."""
+    return [m for m in MODELS if model_kind(m) == "trainable"]
+
+
+def prediction_only_models(modality=None):
+    """Models of `models` that only predict (released weights, prompted); with a modality, those that predict it."""
+    return [m for m in MODELS if model_kind(m) != "trainable" and (modality is None or model_has_modality(m, modality))]
+
+
+def models_for(modality):
+    """Models of `models` that have jobs for this modality, in config order."""
+    return [m for m in MODELS if model_has_modality(m, modality)]
+
+
+def model_bundle(model, modality):
+    """The released-weights bundle of a model for one modality."""
+    return MODEL_CATALOG[model]["bundle"][modality]
+
+
+def model_prompt(model):
+    """method, model_type and checkpoint of a prompted model."""
+    return MODEL_CATALOG[model]["prompt"]
+
+
+def prompted_python():
+    """Interpreter of prompted (SAM/MedSAM) jobs: segment-anything needs torchvision, which does not
+    import beside .venv's CPU torch. Under --sdm conda the rule's env (envs/sam.yaml) gives `python`;
+    else the workflow's .venv-sam (`make sam-env`), if it exists."""
+    from snakemake.settings.types import DeploymentMethod
+
+    venv = Path(workflow.basedir) / ".venv-sam" / "bin" / "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method or not venv.exists():
+        return "python"
+    return str(venv)
 
 
 def _check_config():
@@ -61,14 +178,32 @@ def _check_config():
     for m, mc in config["modalities"].items():
         if mc["leave_one_center_out"] and len(mc["train_centers"]) < 2:
             raise ValueError(f"modalities.{m}.leave_one_center_out needs at least two train_centers")
-    for model in config["loco_models"]:
-        if model not in config["models"]:
-            raise ValueError(f"loco_models: {model!r} is not in models")
     for model in MODELS:
         if model not in MODEL_CATALOG:
             raise ValueError(f"models: {model!r} is neither built in nor in model_catalog ({sorted(MODEL_CATALOG)})")
-        if "trainer" not in MODEL_CATALOG[model]:
-            raise ValueError(f"model_catalog.{model}: a new model needs a 'trainer' (module:Class)")
+        if "prompt" in MODEL_CATALOG[model]:
+            _check_prompt(model, MODEL_CATALOG[model]["prompt"])
+    for model in config["loco_models"]:
+        if model not in config["models"]:
+            raise ValueError(f"loco_models: {model!r} is not in models")
+        if model_kind(model) != "trainable":
+            raise ValueError(f"loco_models: {model!r} is a {model_kind(model)} model: it is never trained")
+
+
+def _check_prompt(model, prompt):
+    """A prompted model needs its method, model type and an existing checkpoint file (before any job)."""
+    key = f"model_catalog.{model}.prompt"
+    for field in ("method", "model_type"):
+        if not prompt.get(field):
+            raise ValueError(f"{key}.{field}: missing (method: sam|medsam, model_type: vit_h|vit_l|vit_b)")
+    weights = prompt.get("checkpoint")
+    if not weights:
+        raise ValueError(
+            f"{key}.checkpoint: {model} needs the {prompt['model_type']} checkpoint file of "
+            f"{prompt['method'].upper()} (no weights are downloaded): set it in the config"
+        )
+    if not Path(weights).is_file():
+        raise ValueError(f"{key}.checkpoint: {weights}: file does not exist")
 
 
 _check_config()
@@ -169,6 +304,8 @@ def model_root(modality, model, held_out=None):
 def run_dir(modality, model, held_out=None):
     """nnU-Net's trained-model folder: <root>/Dataset<ID>_<M>/<Trainer>__<plans>__<configuration>."""
     m = model_conf(model)
+    if model_kind(model) != "trainable":
+        raise ValueError(f"model {model} is a {model_kind(model)} model: it has no training folds")
     trainer_class = m["trainer"].partition(":")[2]
     return f"{model_root(modality, model, held_out)}/{nnunet_dataset(modality)}/{trainer_class}__{PLANS}__{m['configuration']}"
 
@@ -335,7 +472,8 @@ def output_stem(wildcards, output):
 
 def figures_all():
     stems = [figure_stem(m, f) for m in MODALITIES for f in METRIC_FIGURES]
-    stems += [figure_stem(m, f, model) for m in MODALITIES for model in MODELS for f in ("training_curves", "overlays")]
+    stems += [figure_stem(m, "training_curves", model) for m in MODALITIES for model in trainable_models()]
+    stems += [figure_stem(m, "overlays", model) for m in MODALITIES for model in models_for(m)]
     return [f"{stem}.{ext}" for stem in stems for ext in FIGURE_FILES]
 
 
@@ -429,12 +567,20 @@ def fold_oof_dirs(wildcards):
     return [oof_dir(wildcards.modality, wildcards.model, f) for f in FOLDS]
 
 
+def masks_kind(modality, model, center):
+    """Folder name of a center's masks: cv_masks / ensemble_masks (trainable), released_masks / prompted_masks."""
+    setting = model_setting(model)
+    if setting:
+        return f"{setting}_masks"
+    return "cv_masks" if center_role(modality, center) == "train-cv" else "ensemble_masks"
+
+
 def center_masks(wildcards):
-    kind = "cv_masks" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "ensemble_masks"
+    kind = masks_kind(wildcards.modality, wildcards.model, wildcards.center)
     return f"{RESULTS}/{wildcards.modality}/{wildcards.model}/centers/{wildcards.center}/{kind}"
 
 
-LOCO_MODELS = list(config["loco_models"]) or MODELS
+LOCO_MODELS = list(config["loco_models"]) or trainable_models()
 
 
 def loco_modalities():
@@ -477,9 +623,9 @@ def loco_table_all():
 
 def metrics_of_modality(m):
     """Every per-case metrics table of one modality, whatever its setting: cv/external
-    (centers/<c>/metrics.tsv of every model) and loco (centers/<c>/loco_metrics.tsv). Models that
-    only predict (released, prompted) add their tables here."""
-    files = [f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for model in MODELS for c in centers(m)]
+    (centers/<c>/metrics.tsv of every model of the modality: trainable ones, and released and prompted
+    models, whose rows carry their own setting) and loco (centers/<c>/loco_metrics.tsv)."""
+    files = [f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for model in models_for(m) for c in centers(m)]
     if m in loco_modalities():
         files += [
             f"{RESULTS}/{m}/{model}/centers/{c}/loco_metrics.tsv"
@@ -510,9 +656,8 @@ def modality_center_tables(wildcards):
 
 
 def model_mask_dirs(wildcards):
-    kinds = {"train-cv": "cv_masks", "external": "ensemble_masks"}
     m = wildcards.modality
-    return [f"{RESULTS}/{m}/{wildcards.model}/centers/{c}/{kinds[center_role(m, c)]}" for c in centers(m)]
+    return [f"{RESULTS}/{m}/{wildcards.model}/centers/{c}/{masks_kind(m, wildcards.model, c)}" for c in centers(m)]
 
 
 def fold_curves(wildcards):
@@ -571,8 +716,12 @@ def modality_param(key):
 
 
 def setting_of_center(wildcards):
-    """How a center's cases were predicted (workflow_scripts/settings.py): out-of-fold (cv) or by the
-    fold ensemble (external); the fold count goes to its own column (evaluate --n-folds)."""
+    """How a center's cases were predicted (workflow_scripts/settings.py): released or prompted for a model that
+    only predicts; else out-of-fold (cv) or by the fold ensemble (external), the fold count in its own column
+    (evaluate --n-folds)."""
+    setting = model_setting(wildcards.model)
+    if setting:
+        return setting
     return "cv" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "external"
 
 
@@ -683,7 +832,7 @@ def train_center_files(wildcards):
 
 def nnunet_configurations(wildcards=None):
     """The nnU-Net configurations the chosen models need (e.g. 3d_fullres, 2d)."""
-    return sorted({model_conf(m)["configuration"] for m in MODELS})
+    return sorted({model_conf(m)["configuration"] for m in trainable_models()})
 
 
 def target_spacing_arg():
@@ -700,7 +849,8 @@ def bundle_path(modality, model):
 
 
 def all_bundles():
-    return [bundle_path(m, model) for m in MODALITIES for model in MODELS]
+    """Bundles exported by this workflow: trained models only (released ones are bundles already)."""
+    return [bundle_path(m, model) for m in MODALITIES for model in trainable_models()]
 
 
 def segment_job_regex():
@@ -760,7 +910,7 @@ def adopt_legacy_training():
             scans = [f for c in centers(m, "train-cv") for f in files_listed(m, c, ["image", "label"], direct=True)]
         except FileNotFoundError:
             continue  # not prepared yet: nothing can have been trained
-        for model in MODELS:
+        for model in trainable_models():
             mc, network = model_conf(model), model_network_json(SimpleNamespace(model=model))
             legacy = [
                 upgrade.legacy_train_params(

@@ -39,12 +39,17 @@ NOT_IN_LOCK = {
     "cuda-toolkit": "CUDA runtime pinned by the CUDA torch wheel (the lock has the CPU build)",
     "nvidia-cudnn-cu13": "cuDNN pinned by the CUDA torch wheel (the lock has the CPU build)",
 }
+# Envs pinned to a lock of their own instead of requirements.lock, each for a stated reason.
+ENV_LOCKS = {
+    # segment-anything imports torchvision, which does not import beside the project's CPU torch 2.13.0
+    "sam.yaml": "requirements-sam.lock",
+}
 EXACT_CONDA = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_.-]*)==?(?P<version>\d+(\.\d+)+)$")
 
 
-def lock_pins() -> dict[str, str]:
+def lock_pins(lock: str = "requirements.lock") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines():
+    for line in (REPO / lock).read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
@@ -120,12 +125,29 @@ def test_env_file_is_valid_and_pinned(path):
 
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
 def test_env_versions_are_the_projects(path):
-    lock = lock_pins()
+    lock_file = ENV_LOCKS.get(path.name, "requirements.lock")
+    lock = lock_pins(lock_file)
     for name, version in pinned_versions(load_env(path)).items():
         if name in NOT_IN_LOCK:
             continue
-        assert name in lock, f"{path.name}: {name} is not in requirements.lock (add it there, or explain it in NOT_IN_LOCK)"
-        assert version == lock[name], f"{path.name}: {name} {version}, requirements.lock has {lock[name]}"
+        assert name in lock, f"{path.name}: {name} is not in {lock_file} (add it there, or explain it in NOT_IN_LOCK)"
+        assert version == lock[name], f"{path.name}: {name} {version}, {lock_file} has {lock[name]}"
+
+
+def test_sam_env_is_the_sam_venv():
+    """envs/sam.yaml and .venv-sam (make sam-env) install the same pins: requirements-sam.lock, less
+    the test runner; torch and torchvision as the exact PyPI (CUDA) build; shared packages at the
+    versions of requirements.lock."""
+    env = pinned_versions(load_env(ENVS / "sam.yaml"))
+    sam_lock, lock = lock_pins("requirements-sam.lock"), lock_pins()
+    test_only = {"pytest", "iniconfig", "pluggy", "pygments"}
+    assert {n for n in sam_lock if n not in test_only} == set(env) - {"python", "pip", "setuptools"}
+    assert "segment-anything" in env and (env["torch"], env["torchvision"]) == ("2.14.1", "0.29.1")
+    _, pip = split_deps(load_env(ENVS / "sam.yaml"))
+    reqs = {canonicalize_name(Requirement(s).name): Requirement(s) for s in pip}
+    assert all(next(iter(reqs[n].specifier)).operator == "===" for n in ("torch", "torchvision"))
+    shared = {n for n in sam_lock if n in lock and n not in ("torch", "torchvision")}
+    assert {n: sam_lock[n] for n in shared} == {n: lock[n] for n in shared}
 
 
 def test_pyproject_and_lock_agree():

@@ -393,4 +393,45 @@ def test_inference_settings_repredict_without_training(run_dir, tmp_path, change
     if "device" not in change:  # bundles record the inference defaults they were evaluated with
         expected["export_bundle"] = len(MODELS)
     assert_only(counts, expected)
-    assert "export_bundle" in counts or "device" in change
+
+
+# Jobs of one more trainable model in a completed run (rule names as of today; adjust here when rules
+# are renamed): its folds, the out-of-fold masks of the 3 training centers, the ensemble on the external
+# center, 4 evaluations, its bundle and training-curve figure (no held-out-center model: loco_models). Everything else must be an aggregate.
+NEW_MODEL_JOBS = {"train": FOLDS, "predict_oof": FOLDS, "collect_cv_masks": 3, "predict_external": 1,
+                  "evaluate_center": 4, "export_bundle": 1, "figure_training": 1, "figure_overlays": 1}
+
+
+def test_adding_a_model_runs_only_its_own_jobs(run_dir, tmp_path):
+    """transunet3d added to a completed run: its training, prediction and evaluation plus the
+    aggregates; the other models are not retrained or re-predicted."""
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
+    cfg["models"] = [*cfg["models"], "transunet3d"]
+    cfg["model_catalog"]["transunet3d"] = {"network": {"d_model": 16, "heads": 2, "layers": 1, "ff_dim": 16}}
+    path = tmp_path / "more_models.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--configfile", str(path), workdir=run_dir, timeout=180)
+    assert_only(job_counts(proc.stdout), NEW_MODEL_JOBS)
+    outputs = job_outputs(proc.stdout)  # every planned job of the per-model rules writes transunet3d's files
+    per_model = [r for r in NEW_MODEL_JOBS if not r.startswith("figure")]
+    planned = [out for rule, out in outputs if rule in per_model]
+    assert len(planned) == sum(NEW_MODEL_JOBS[r] for r in per_model)
+    assert all("/transunet3d/" in out for out in planned), planned
+
+
+def job_outputs(dry_run_output: str) -> list[tuple[str, str]]:
+    """(rule, output line) of every job a dry run lists ('rule X:' / 'localrule X:' and indented lines)."""
+    import re
+
+    jobs, rule = [], None
+    for line in dry_run_output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            rule = m.group(1)
+        elif rule and line.startswith("    output: "):
+            jobs.append((rule, line.strip()))
+        elif not line.startswith("    "):
+            rule = None
+    return jobs
