@@ -427,17 +427,46 @@ METRIC_FIGURES = ["dice_hd95_by_model", "dice_hd95_by_center", "volume_scatter",
 FIGURE_FILES = ["png", "svg", "tsv"]
 
 
+# Tables of the statistics job of a modality (workflow_scripts.stats.OUTPUTS) and of rater agreement.
+STATS_TABLES = ["comparisons", "cross_setting", "failures", "volume", "descriptives", "mixed_model"]
+
+
 def stats_file(modality, name):
-    """name: comparisons, volume or agreement."""
+    """name: one of STATS_TABLES, or agreement."""
     return f"{RESULTS}/stats/{modality}/{name}.tsv"
+
+
+def stats_options():
+    """Command-line options of the statistics job (config `statistics`)."""
+    st = config["statistics"]
+    options = [
+        f"--unit {st['unit']}",
+        f"--n-boot {st['n_boot']}",
+        f"--seed {st['seed']}",
+        f"--min-pairs {st['min_pairs']}",
+    ]
+    if st["failure_dice"] is not None:
+        options.append(f"--failure-dice {st['failure_dice']}")
+    return " ".join(options)
 
 
 def paper_table(name, ext):
     return f"{RESULTS}/tables/{name}.{ext}"
 
 
+PAPER_TABLES = [
+    "cross_center",
+    "agreement",
+    "paired_tests",
+    "cross_setting",
+    "failures",
+    "mixed_model",
+    "volume_agreement",
+]
+
+
 def paper_table_names():
-    return [f"modality_{m}" for m in MODALITIES] + ["cross_center", "agreement", "paired_tests", "volume_agreement"]
+    return [f"modality_{m}" for m in MODALITIES] + PAPER_TABLES
 
 
 def paper_tables_all():
@@ -607,28 +636,32 @@ def loco_metrics_all(wildcards=None):
     return _loco_center_files("loco_metrics.tsv")
 
 
-def loco_cv_metrics(wildcards=None):
-    """The k-fold CV metrics of the same centers and models."""
-    return _loco_center_files("metrics.tsv")
-
-
 def loco_table_all():
     return [paper_table("loco", ext) for ext in PAPER_TABLE_FORMATS] if loco_modalities() else []
 
 
-def center_metrics_all(wildcards=None):
-    return [
-        f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv"
-        for m in MODALITIES
-        for model in models_for(m)
-        for c in centers(m)
-    ]
+def metrics_of_modality(m):
+    """Every per-case metrics table of one modality, whatever its setting: cv/external
+    (centers/<c>/metrics.tsv of every model of the modality: trainable ones, and released and prompted
+    models, whose rows carry their own setting) and loco (centers/<c>/loco_metrics.tsv)."""
+    files = [f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for model in models_for(m) for c in centers(m)]
+    if m in loco_modalities():
+        files += [
+            f"{RESULTS}/{m}/{model}/centers/{c}/loco_metrics.tsv"
+            for model in LOCO_MODELS
+            for c in centers(m, "train-cv")
+        ]
+    return files
 
 
 def modality_metrics(wildcards):
-    """Per-center metrics of one modality, every model."""
-    m = wildcards.modality
-    return [f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for model in models_for(m) for c in centers(m)]
+    """Input function: every per-case metrics table of the {modality} (metrics_of_modality)."""
+    return metrics_of_modality(wildcards.modality)
+
+
+def metrics_all(wildcards=None):
+    """Every per-case metrics table of every modality."""
+    return [f for m in MODALITIES for f in metrics_of_modality(m)]
 
 
 def model_metrics(wildcards):
@@ -657,6 +690,32 @@ def stats_files_all(name):
     return get
 
 
+def loco_stats_files(name):
+    """Input function: a statistics table of every modality with the leave-one-center-out experiment."""
+
+    def get(wildcards):
+        return [stats_file(m, name) for m in loco_modalities()]
+
+    return get
+
+
+# The placeholder participant_regex makes every original scan name its own participant.
+PLACEHOLDER_PARTICIPANT_REGEX = "^(?P<participant>.+)$"
+
+
+def participant_grouping_note():
+    """A warning for report captions when a modality's participants are not grouped (placeholder regex)."""
+    ungrouped = [
+        m for m, mc in config["modalities"].items() if mc.get("participant_regex") == PLACEHOLDER_PARTICIPANT_REGEX
+    ]
+    if not ungrouped:
+        return ""
+    return (
+        f"WARNING: participants are not grouped for {', '.join(ungrouped)} (placeholder participant_regex): every "
+        "scan counts as its own participant, so repeat scans of one person are treated as independent."
+    )
+
+
 def source_param(key):
     """Params function: one key of the source named by the {source} wildcard."""
 
@@ -676,10 +735,13 @@ def modality_param(key):
 
 
 def setting_of_center(wildcards):
-    """How a center's cases were predicted: out-of-fold (5-fold CV) or by the ensemble (external)."""
-    return (
-        f"{config['folds']}-fold-cv" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "external"
-    )
+    """How a center's cases were predicted (workflow_scripts/settings.py): released or prompted for a model that
+    only predicts; else out-of-fold (cv) or by the fold ensemble (external), the fold count in its own column
+    (evaluate --n-folds)."""
+    setting = model_setting(wildcards.model)
+    if setting:
+        return setting
+    return "cv" if center_role(wildcards.modality, wildcards.center) == "train-cv" else "external"
 
 
 def role_of_center(wildcards):

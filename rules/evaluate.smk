@@ -18,9 +18,12 @@ rule evaluate_center:
         runtime=res("evaluate", "runtime"),
     params:
         setting=setting_of_center,
+        n_folds=config["folds"],
+        nsd_tolerance=config["metrics"]["nsd_tolerance_mm"],
     shell:
         "python -m workflow_scripts.evaluate --cases {input.cases} --pred {input.masks} --model {wildcards.model} "
-        "--setting {params.setting} --out {output} > {log} 2>&1"
+        "--setting {params.setting} --n-folds {params.n_folds} --nsd-tolerance-mm {params.nsd_tolerance} "
+        "--out {output} > {log} 2>&1"
 
 
 use rule evaluate_center as evaluate_loco with:
@@ -33,4 +36,6 @@ use rule evaluate_center as evaluate_loco with:
     log:
         f"{RESULTS}/logs/evaluate_loco/{{modality}}/{{model}}/{{center}}.log",
     params:
-        setting="held-out-center",
+        setting="loco",
+        n_folds=config["folds"],
+        nsd_tolerance=config["metrics"]["nsd_tolerance_mm"],

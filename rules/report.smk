@@ -98,17 +98,26 @@ rule figure_overlays:
 
 
 rule paper_tables:
-    """The paper's tables (CSV, Markdown, LaTeX, HTML) from per-case metrics and the statistics jobs."""
+    """The paper's tables (CSV, Markdown, LaTeX, HTML), per setting, from the statistics jobs."""
     input:
-        metrics=center_metrics_all,
+        metrics=metrics_all,
         comparisons=stats_files_all("comparisons"),
+        cross_setting=stats_files_all("cross_setting"),
+        failures=stats_files_all("failures"),
         volume=stats_files_all("volume"),
+        descriptives=stats_files_all("descriptives"),
+        mixed_model=stats_files_all("mixed_model"),
         agreement=stats_files_all("agreement"),
     output:
         modality=modality_table_outputs("../report/table_modality.rst"),
         cross_center=table_output("cross_center", "../report/table_cross_center.rst", {"table": "Results per center"}),
         agreement=table_output("agreement", "../report/table_agreement.rst", {"table": "Rater agreement (kappa)"}),
-        paired=table_output("paired_tests", "../report/table_paired_tests.rst", {"table": "Paired t-tests"}),
+        paired=table_output("paired_tests", "../report/table_paired_tests.rst", {"table": "Paired tests"}),
+        cross_setting=table_output(
+            "cross_setting", "../report/table_cross_setting.rst", {"table": "Comparisons across settings"}
+        ),
+        failures=table_output("failures", "../report/table_failures.rst", {"table": "Failures (McNemar)"}),
+        mixed_model=table_output("mixed_model", "../report/table_mixed_model.rst", {"table": "Mixed models"}),
         volume=table_output("volume_agreement", "../report/table_volume_agreement.rst", {"table": "Volume agreement"}),
     log:
         f"{RESULTS}/logs/paper_tables.log",
@@ -121,10 +130,16 @@ rule paper_tables:
         modalities=MODALITIES,
         study=config["study"],
         source=data_sources_all(),
+        unit=config["statistics"]["unit"],
+        n_boot=config["statistics"]["n_boot"],
+        seed=config["statistics"]["seed"],
+        grouping=participant_grouping_note(),
     shell:
         "python -m workflow_scripts.paper_tables --metrics {input.metrics} --comparisons {input.comparisons} "
-        "--volume {input.volume} --agreement {input.agreement} --reference {params.reference} "
-        "--models {params.models} --modalities {params.modalities} --study {params.study:q} "
+        "--cross-setting {input.cross_setting} --failures {input.failures} --volume {input.volume} "
+        "--descriptives {input.descriptives} --mixed-model {input.mixed_model} --agreement {input.agreement} "
+        "--reference {params.reference} --models {params.models} --modalities {params.modalities} "
+        "--unit {params.unit} --n-boot {params.n_boot} --seed {params.seed} --study {params.study:q} "
         "--out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -147,10 +162,10 @@ rule versions:
 
 
 rule loco_table:
-    """5-fold CV vs leave-one-center-out, per modality x model x training center (paired t-tests)."""
+    """Cross-validation vs leave-one-center-out, per modality x model x training center (from the statistics jobs)."""
     input:
-        cv=loco_cv_metrics,
-        loco=loco_metrics_all,
+        descriptives=loco_stats_files("descriptives"),
+        cross_setting=loco_stats_files("cross_setting"),
     output:
         table_output("loco", "../report/table_loco.rst", {"table": "Cross-center generalisation"}),
     log:
@@ -161,6 +176,9 @@ rule loco_table:
         out_dir=output_dir,
         study=config["study"],
         source=data_sources_all(),
+        unit=config["statistics"]["unit"],
+        n_boot=config["statistics"]["n_boot"],
+        grouping=participant_grouping_note(),
     shell:
-        "python -m workflow_scripts.loco --cv {input.cv} --loco {input.loco} --out-dir {params.out_dir} "
-        "--study '{params.study}' > {log} 2>&1"
+        "python -m workflow_scripts.loco --descriptives {input.descriptives} --cross-setting {input.cross_setting} "
+        "--unit {params.unit} --n-boot {params.n_boot} --out-dir {params.out_dir} --study '{params.study}' > {log} 2>&1"

@@ -1,5 +1,5 @@
-# Study statistics per modality (cheap aggregates): paired model comparisons, volume agreement,
-# and intra-/inter-rater agreement of the reference annotations.
+# Study statistics per modality (cheap aggregates): per-setting paired comparisons, cross-setting
+# comparisons, failures, volume agreement, mixed models, and rater agreement of the references.
 
 
 # Per-modality aggregates of small tables (and a few annotated masks): run where Snakemake runs.
@@ -9,21 +9,27 @@ localrules:
 
 
 rule paired_stats:
-    """Every model vs the reference model (paired t-tests, Holm) and volume agreement, one modality."""
+    """Per setting: paired tests vs the reference model (participant unit + scan sensitivity, t and Wilcoxon,
+    Holm), cross-setting comparisons, failures (McNemar), volume agreement (ICC, Bland-Altman), descriptives
+    and mixed models (center + participant), with stratified cluster bootstrap intervals; one modality."""
     input:
         metrics=modality_metrics,
     output:
-        comparisons=stats_file("{modality}", "comparisons"),
-        volume=stats_file("{modality}", "volume"),
+        [stats_file("{modality}", name) for name in STATS_TABLES],
     log:
         f"{RESULTS}/logs/stats/{{modality}}/paired_stats.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/stats/{{modality}}/paired_stats.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
         reference=REFERENCE_MODEL,
+        models=MODELS,
+        options=stats_options(),
+        out_dir=output_dir,
     shell:
         "python -m workflow_scripts.stats --metrics {input.metrics} --reference {params.reference} "
-        "--out-comparisons {output.comparisons} --out-volume {output.volume} > {log} 2>&1"
+        "--models {params.models} {params.options} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule rater_agreement:

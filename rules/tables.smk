@@ -7,7 +7,7 @@ localrules:
 
 rule tables:
     input:
-        metrics=center_metrics_all,
+        metrics=metrics_all,
     output:
         per_case=f"{RESULTS}/tables/per_case.tsv",
         csv=f"{RESULTS}/tables/summary.csv",

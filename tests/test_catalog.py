@@ -93,13 +93,16 @@ def test_prediction_only_models_get_no_training_bundle_or_loco_jobs(study):
     with pytest.raises(ValueError, match="sam is a prompted model: it has no training folds"):
         s["fold_dir"]("T1", "sam", 0)
     # their evaluations: every center of the modality, from masks of their own setting
-    metrics = s["center_metrics_all"]()
+    metrics = s["metrics_all"]()  # the per-case tables the statistics and tables read
     assert sum("/sam/" in f for f in metrics) == 4 and sum("/released_t1/" in f for f in metrics) == 4
     assert not any("/released_t2/" in f for f in metrics)
     w = types.SimpleNamespace(modality="T1", model="sam", center="AHN")
     assert s["center_masks"](w).endswith("T1/sam/centers/AHN/prompted_masks")
+    assert s["setting_of_center"](w) == "prompted"
     w = types.SimpleNamespace(modality="T1", model="released_t1", center="NYU")
     assert s["center_masks"](w).endswith("T1/released_t1/centers/NYU/released_masks")
+    assert s["setting_of_center"](w) == "released"
+    assert s["setting_of_center"](types.SimpleNamespace(modality="T1", model="nnunet", center="NYU")) == "external"
 
 
 def test_paper_config_lists_the_comparison_models():

@@ -89,3 +89,40 @@ def test_empty_rules():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         case_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), (1, 1, 1))
+
+
+def brute_force_nsd(pred, ref, spacing, tau):
+    """NSD by definition: surface voxels of both masks, each within tau (mm) of the other surface, over all."""
+    face = ndimage.generate_binary_structure(3, 1)
+    sp = np.argwhere(pred & ~ndimage.binary_erosion(pred, face)) * spacing
+    sr = np.argwhere(ref & ~ndimage.binary_erosion(ref, face)) * spacing
+    d = cdist(sp, sr)
+    return ((d.min(1) <= tau + 1e-9).sum() + (d.min(0) <= tau + 1e-9).sum()) / (len(sp) + len(sr))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tau", [1.0, 2.0, 3.7])
+def test_nsd_matches_brute_force(seed, tau):
+    rng = np.random.default_rng(seed)
+    shape = (14, 16, 18)
+    ref = ndimage.binary_dilation(rng.random(shape) > 0.985, iterations=2)
+    pred = ndimage.binary_dilation(rng.random(shape) > 0.985, iterations=2) | ref & (rng.random(shape) > 0.3)
+    spacing = (2.5, 0.8, 1.3)
+    expected = brute_force_nsd(pred, ref, np.array(spacing), tau)
+    assert 0 < expected < 1
+    assert case_metrics(pred, ref, spacing, nsd_tolerance_mm=tau)["nsd"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_nsd_hand_computed_and_empty_rules():
+    # Boxes 4 voxels long shifted by 2 slices of 3 mm: a surface voxel is within 6 mm of the other surface
+    # everywhere, so NSD(6 mm) = 1; at 2 mm only voxels that lie on both surfaces count.
+    ref = box((12, 12, 12), (2, 2, 2), (6, 6, 6))
+    pred = box((12, 12, 12), (4, 2, 2), (8, 6, 6))
+    assert case_metrics(pred, ref, (3.0, 1.0, 1.0), nsd_tolerance_mm=6.0)["nsd"] == 1.0
+    at2 = case_metrics(pred, ref, (3.0, 1.0, 1.0), nsd_tolerance_mm=2.0)["nsd"]
+    assert at2 == pytest.approx(brute_force_nsd(pred, ref, np.array([3.0, 1.0, 1.0]), 2.0)) and at2 < 1
+    m = box((8, 8, 8), (2, 2, 2), (5, 5, 5))
+    assert case_metrics(m, m, (1, 1, 1))["nsd"] == 1.0
+    empty = np.zeros((8, 8, 8), bool)
+    assert case_metrics(empty, m, (1, 1, 1))["nsd"] == 0.0
+    assert np.isnan(case_metrics(empty, empty, (1, 1, 1))["nsd"])

@@ -9,8 +9,7 @@ import yaml
 
 from conftest import write_nifti
 from test_stats import fabricated
-from workflow_scripts import figures, paper_tables, versions
-from workflow_scripts.stats import compare_models, volume_table
+from workflow_scripts import figures, loco, paper_tables, stats, tables, versions
 
 MODELS = ["pansegnet", "unet2d", "axunet"]
 
@@ -36,10 +35,12 @@ def test_metric_figures_files_and_traceable_rows(tmp_path):
         assert "SYNTHETIC" in (tmp_path / "fig" / f"{stem}.svg").read_text(encoding="utf-8")  # title says so
     rows = pd.read_csv(tmp_path / "fig" / "dice_hd95_by_center.tsv", sep="\t")
     assert len(rows) == len(df) and set(rows.model) == set(MODELS) and {"case", "center", "dice"} <= set(rows.columns)
+    assert set(rows.setting) == {"cv", "external"}
     ba = pd.read_csv(tmp_path / "fig" / "bland_altman.tsv", sep="\t")
-    g = ba[ba.model == "axunet"]
-    assert g.bias_ml.iloc[0] == pytest.approx(g.diff_ml.mean()) and g.loa_high_ml.iloc[0] == pytest.approx(
-        g.diff_ml.mean() + 1.96 * g.diff_ml.std(ddof=1))
+    g = ba[(ba.model == "axunet") & (ba.setting == "external")]  # one panel per setting x model
+    # The TSV holds 6 significant digits.
+    assert g.bias_ml.iloc[0] == pytest.approx(g.diff_ml.mean(), rel=1e-4) and g.loa_high_ml.iloc[0] == pytest.approx(
+        g.diff_ml.mean() + 1.96 * g.diff_ml.std(ddof=1), rel=1e-4)
     assert "HD95" in (tmp_path / "fig" / "dice_hd95_by_model.svg").read_text(encoding="utf-8")
 
 
@@ -103,84 +104,142 @@ def test_overlay_figure(tmp_path):
     assert (tmp_path / "ov.png").exists() and (tmp_path / "ov.svg").exists()
 
 
-def tables_for(models, tmp_path):
-    df = fabricated(models)
+AGREEMENT = pd.DataFrame([
+    dict(case=f"AHN_000{k}", modality="T1", center="AHN", participant_id=f"AHN-P{k}", data_source="synthetic",
+         kind=kind, annotation_a="a", annotation_b="b", dice=0.85 + 0.01 * k, vol_a_ml=50, vol_b_ml=52,
+         box_margin_mm=10, kappa_volume=0.84, n11_volume=800, n10_volume=100 * k, n01_volume=180,
+         n00_volume=99000, kappa_box=0.7, n11_box=800, n10_box=100 * k, n01_box=180, n00_box=2000)
+    for k in (1, 2, 3) for kind in ("inter", "intra")])
+
+
+def tables_for(models, loco_models=(), extra=(), n_boot=200):
+    df = fabricated(models, loco_models=loco_models, extra=extra)
     ref = models[0]
-    agreement = pd.DataFrame([
-        dict(case=f"AHN_000{k}", modality="T1", center="AHN", participant_id="p", data_source="synthetic", kind=kind,
-             annotation_a="a", annotation_b="b", dice=0.85, vol_a_ml=50, vol_b_ml=52, box_margin_mm=10,
-             kappa_volume=0.84, n11_volume=800, n10_volume=100, n01_volume=180, n00_volume=99000,
-             kappa_box=0.7, n11_box=800, n10_box=100, n01_box=180, n00_box=2000)
-        for k in (1, 2) for kind in ("inter", "intra")])
-    return paper_tables.build_tables(df, compare_models(df, ref), volume_table(df), agreement, ref, ["T1"], models)
+    opts = stats.Options(reference=ref, models=list(models), n_boot=n_boot)
+    out = stats.run_all(df, opts)
+    context = paper_tables.context_for(df, ref, "participant", list(models), n_boot)
+    return {t.name: t for t in paper_tables.build_tables(df, out, AGREEMENT, context, ["T1"])}, out, context
 
 
-def test_paper_tables_shape_three_models(tmp_path):
-    tables = {t.name: t for t in tables_for(MODELS, tmp_path)}
-    assert set(tables) == {"modality_T1", "cross_center", "agreement", "paired_tests", "volume_agreement"}
+def test_paper_tables_per_setting_three_models(tmp_path):
+    tables, out, _ = tables_for(MODELS)
+    assert set(tables) == {"modality_T1", "cross_center", "agreement", "paired_tests", "cross_setting", "failures",
+                           "mixed_model", "volume_agreement"}
     m = tables["modality_T1"]
-    assert m.data.model.tolist() == MODELS and m.data.is_reference.tolist() == [True, False, False]
-    assert list(m.display.columns[:9]) == ["Model", "n", "Dice (%)", "HD95 (mm)", "Precision (%)", "Recall (%)",
-                                           "Volume r²", "p Dice (Holm)", "p HD95 (Holm)"]
-    assert m.display["p Dice (Holm)"].iloc[0] == "reference" and m.display["p Dice (Holm)"].iloc[1] == "< 0.001"
-    assert " ± " in m.display["Dice (%)"].iloc[0] and m.data.n.tolist() == [18, 18, 18]
-    assert any("Holm-corrected across the 4 comparisons" in n for n in m.notes)
-    assert any("squared Pearson" in n for n in m.notes)
+    # A row per setting x model (never pooled), then the paper's published row.
+    assert list(zip(m.data.setting, m.data.model)) == [("cv", "pansegnet"), ("cv", "unet2d"), ("cv", "axunet"),
+                                                       ("external", "pansegnet"), ("external", "unet2d"),
+                                                       ("external", "axunet"), ("published", "pansegnet")]
+    assert m.data.n_scans.tolist()[:6] == [12, 12, 12, 6, 6, 6] and m.data.n_participants.tolist()[:3] == [8, 8, 8]
+    assert m.data.dice_mean.iloc[-1] == 0.85 and m.data.vol_r2_pearson.iloc[-1] == 0.84  # FACTS §1, T1
+    assert list(m.display.columns) == ["Setting", "Model", "n (part. / scans)", "Dice (%)", "NSD (%)", "HD95 (mm)*",
+                                       "Failures", "Volume r²", "Volume ICC", "vs", "Δ Dice (%)",
+                                       "p Dice t / W (Holm)", "p HD95 t / W (Holm)"]
+    assert m.display["n (part. / scans)"].iloc[0] == "8 / 12" and m.display["vs"].iloc[0] == "reference"
+    assert m.display["Model"].iloc[-1] == "PanSegNet, as published"
+    assert " ± " in m.display["Dice (%)"].iloc[0] and "[" in m.display["Dice (%)"].iloc[0]  # mean ± sd [CI]
+    unet = m.data[(m.data.setting == "cv") & (m.data.model == "unet2d")].iloc[0]
+    assert unet.dice_ci_low < unet.dice_mean_diff < unet.dice_ci_high < 0 and unet.dice_p_t_holm < 0.05
+    assert any("T1/cv/participant/all centers" in n for n in m.notes)
+    assert any("Published row" in n for n in m.notes) and not any("WARNING" in n for n in m.notes)
     cc = tables["cross_center"]
-    assert cc.data.center.tolist() == ["AHN", "MCF", "NYU"] and cc.data.role.tolist() == ["train-cv", "train-cv",
-                                                                                           "external"]
+    assert list(zip(cc.data.setting, cc.data.center)) == [("cv", "AHN"), ("cv", "MCF"), ("external", "NYU")]
     for model in MODELS:
-        assert {f"{model}_n", f"{model}_dice_mean", f"{model}_hd95_sd"} <= set(cc.data.columns)
+        assert {f"{model}_n", f"{model}_n_participants", f"{model}_dice_mean", f"{model}_hd95_sd"} <= set(cc.data)
     assert "unet2d_p_dice_holm" in cc.data and "pansegnet_p_dice_holm" not in cc.data
+    assert any("<modality>/<setting>/participant/per center" in n for n in cc.notes)  # the family, not the table
     ag = tables["agreement"]
     assert len(ag.data) == 4 and set(ag.data.region) == {"volume", "box"}
-    assert ag.data.kappa_pooled.notna().all() and (ag.data.rater_dice_mean == 0.85).all()
-    assert len(tables["paired_tests"].data) == 4 + 12
-    assert "R² (identity)" in tables["volume_agreement"].display.columns
-
+    assert (ag.data.kappa_pooled_ci_low <= ag.data.kappa_pooled).all() and ag.data.kappa_ci_low.notna().all()
+    assert len(tables["paired_tests"].data) == len(out["comparisons"]) == 2 * 2 * 3 * 5
+    assert tables["cross_setting"].data.empty and "No comparison" in tables["cross_setting"].notes[0]
+    mm = tables["mixed_model"]
+    assert set(mm.data.setting) == {"cv", "external"} and "Var center" in mm.display
+    assert "ICC(A,1) [CI]" in tables["volume_agreement"].display.columns
     for t in tables.values():
         paper_tables.write_outputs(t, tmp_path, "test-study")
     csv = pd.read_csv(tmp_path / "modality_T1.csv")
-    assert len(csv) == 3 and {"dice_mean", "dice_sd", "hd95_mean", "vol_r2_pearson", "p_dice_holm"} <= set(csv)
+    assert len(csv) == 7 and {"dice_mean", "dice_ci_low", "nsd_mean", "vol_icc", "dice_p_wilcoxon_holm"} <= set(csv)
     md = (tmp_path / "modality_T1.md").read_text(encoding="utf-8")
-    assert "SYNTHETIC" in md and md.count("\n| ") == 4  # header + 3 models
+    assert "SYNTHETIC" in md and md.count("\n| ") == 8  # header + 7 rows
     tex = (tmp_path / "modality_T1.tex").read_text(encoding="utf-8")
     assert "\\toprule" in tex and "$\\pm$" in tex and "Dice (\\%)" in tex and "\\caption{SYNTHETIC" in tex
     assert "<table" in (tmp_path / "agreement.html").read_text(encoding="utf-8")
 
 
-def test_paper_tables_two_models_and_one_model(tmp_path):
-    two = {t.name: t for t in tables_for(["pansegnet", "unet2d"], tmp_path)}
-    assert len(two["modality_T1"].data) == 2 and len(two["paired_tests"].data) == 2 + 3 * 2
-    one = {t.name: t for t in tables_for(["nnunet"], tmp_path)}
+def test_cross_setting_released_prompted_and_loco_tables(tmp_path):
+    extra = [("released_v1", "released"), ("sam", "prompted")]
+    tables, out, context = tables_for(["pansegnet", "unet2d"], loco_models=("pansegnet",), extra=extra)
+    m = tables["modality_T1"].data
+    assert ["cv", "cv", "external", "external", "loco", "released", "prompted", "published"] == m.setting.tolist()
+    rel = m[m.setting == "released"].iloc[0]
+    assert rel.compared_with == "pansegnet (cv)" and pd.notna(rel.dice_mean_diff)
+    cs = tables["cross_setting"]
+    assert {("loco", "cv"), ("released", "cv"), ("released", "external"), ("prompted", "cv"),
+            ("prompted", "external")} == set(zip(cs.data.setting, cs.data.reference_setting))
+    assert "loco vs cv" in set(cs.display.Setting)
+    lt = loco.loco_table(out["descriptives"], out["cross_setting"], context)
+    assert lt.data.center.tolist() == ["AHN", "MCF", "all"] and set(lt.data.model) == {"pansegnet"}
+    r = lt.data.iloc[-1]
+    assert r.dice_n_participants == 8 and r.dice_n_scans == 12 and r.hd95_n_scans == 12  # own n per metric
+    assert r.dice_ci_low < r.dice_mean_diff < r.dice_ci_high and r.dice_mean_diff < 0
+    assert "Δ Dice (%) [CI]" in lt.display.columns and "5-fold CV" in lt.title
+    assert any("T1/loco vs cv/participant/per center" in n for n in lt.notes)
+
+
+def test_paper_tables_one_model_and_ungrouped_warning(tmp_path):
+    one, _, _ = tables_for(["nnunet"])
     assert one["paired_tests"].data.empty and one["paired_tests"].display.empty
-    assert any("Only one model" in n for n in one["paired_tests"].notes)
+    assert any("only one model per setting" in n for n in one["paired_tests"].notes)
     assert any("Only one model" in n for n in one["modality_T1"].notes)
-    paper_tables.write_outputs(one["paired_tests"], tmp_path, "s")
-    assert "Only one model" in (tmp_path / "paired_tests.md").read_text(encoding="utf-8")
+    df = fabricated(["nnunet", "unet2d"])
+    df["participant_id"] = df.case  # every scan its own participant
+    out = stats.run_all(df, stats.Options(reference="nnunet", models=["nnunet", "unet2d"], n_boot=50))
+    context = paper_tables.context_for(df, "nnunet", n_boot=50)
+    for t in paper_tables.build_tables(df, out, AGREEMENT.iloc[:0], context, ["T1"]):
+        assert t.notes[0].startswith("WARNING: participants are not grouped in T1"), t.name
+    assert paper_tables.ungrouped_from_descriptives(out["descriptives"]).startswith("WARNING")
 
 
-def test_paper_tables_command(tmp_path):
-    df = fabricated(["pansegnet", "unet2d"])
-    metrics = write_metrics(df, tmp_path)
-    comp, vol = tmp_path / "c.tsv", tmp_path / "v.tsv"
-    compare_models(df, "pansegnet").to_csv(comp, sep="\t", index=False)
-    volume_table(df).to_csv(vol, sep="\t", index=False)
+def test_paper_tables_and_loco_commands(tmp_path):
+    df = fabricated(["pansegnet", "unet2d"], loco_models=("pansegnet",))
+    metrics = write_metrics(df.assign(setting=df.setting.where(df.setting != "loco", "held-out-center")), tmp_path)
+    stats_dir = tmp_path / "stats"
+    assert stats.main(["--metrics", *metrics, "--reference", "pansegnet", "--n-boot", "100", "--out-dir",
+                       str(stats_dir)]) == 0
     from workflow_scripts.agreement import COLUMNS
 
     agr = tmp_path / "a.tsv"
     pd.DataFrame(columns=COLUMNS).to_csv(agr, sep="\t", index=False)
     out = tmp_path / "tables"
-    assert paper_tables.main(["--metrics", *metrics, "--comparisons", str(comp), "--volume", str(vol), "--agreement",
-                              str(agr), "--reference", "pansegnet", "--models", "pansegnet", "unet2d",
-                              "--modalities", "T1", "--study", "s", "--out-dir", str(out)]) == 0
-    for name in ["modality_T1", "cross_center", "agreement", "paired_tests", "volume_agreement"]:
+    args = ["--metrics", *metrics, "--agreement", str(agr), "--reference", "pansegnet", "--models", "pansegnet",
+            "unet2d", "--modalities", "T1", "--n-boot", "100", "--study", "s", "--out-dir", str(out)]
+    for name in paper_tables.STATS_COLUMNS:
+        args += [f"--{name.replace('_', '-')}", str(stats_dir / f"{name}.tsv")]
+    assert paper_tables.main(args) == 0
+    for name in ["modality_T1", "cross_center", "agreement", "paired_tests", "cross_setting", "failures",
+                 "mixed_model", "volume_agreement"]:
         for ext in paper_tables.FORMATS:
             assert (out / f"{name}.{ext}").exists(), f"{name}.{ext}"
     assert "No case has a second annotation" in (out / "agreement.md").read_text(encoding="utf-8")
-    pd.DataFrame({"modality": ["T1"]}).to_csv(comp, sep="\t", index=False)  # a stale or foreign table
-    assert paper_tables.main(["--metrics", *metrics, "--comparisons", str(comp), "--reference", "pansegnet",
-                              "--modalities", "T1", "--out-dir", str(out)]) == 1
+    assert loco.main(["--descriptives", str(stats_dir / "descriptives.tsv"), "--cross-setting",
+                      str(stats_dir / "cross_setting.tsv"), "--n-boot", "100", "--out-dir", str(out)]) == 0
+    assert "5-fold CV" in (out / "loco.md").read_text(encoding="utf-8")
+    stale = tmp_path / "stale.tsv"
+    pd.DataFrame({"modality": ["T1"]}).to_csv(stale, sep="\t", index=False)  # a foreign table
+    assert paper_tables.main(args[:-2] + ["--out-dir", str(out), "--comparisons", str(stale)]) == 1
+
+
+def test_summary_tables_per_setting():
+    df = fabricated(["pansegnet", "unet2d"], loco_models=("pansegnet",))
+    summary = tables.summarise(df)
+    assert set(summary.setting) == {"cv", "external", "loco"}
+    allrows = summary[summary.scope == "all"]
+    assert allrows.set_index(["setting", "model"]).n.to_dict() == {
+        ("cv", "pansegnet"): 12, ("cv", "unet2d"): 12, ("external", "pansegnet"): 6, ("external", "unet2d"): 6,
+        ("loco", "pansegnet"): 12}
+    assert (allrows.n_participants < allrows.n).all() and allrows.nsd_mean.notna().all()
+    assert "| setting | model |" in tables.to_markdown(summary, "s")
 
 
 def test_tex_escape():
@@ -206,11 +265,3 @@ def test_versions(tmp_path, monkeypatch):
     assert len(versions.git_info(REPO)["commit"]) == 40
     assert "config_sha256" in (tmp_path / "v.html").read_text(encoding="utf-8")
     assert versions.main(["--config-json", "{not json", "--repo", ".", "--out", str(out)]) == 1
-
-
-def test_cv_name_comes_from_the_setting_column():
-    """Tables name the CV by the fold count the masks were made with, not a fixed '5-fold'."""
-    rows = pd.DataFrame({"setting": ["3-fold-cv", "3-fold-cv", "external"]})
-    assert paper_tables.cv_name(rows) == "3-fold CV"
-    assert paper_tables.cv_name(pd.DataFrame({"setting": ["5-fold-cv", "external"]})) == "5-fold CV"
-    assert paper_tables.cv_name(pd.DataFrame({"case": ["a"]})) == "CV"

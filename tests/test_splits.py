@@ -48,3 +48,15 @@ def test_leak_detected():
 def test_too_few_participants():
     with pytest.raises(ValueError, match="cannot fill 5 folds"):
         make_folds(cases(3), 5, 1)
+
+
+def test_lost_center_stratification_is_said(caplog):
+    """A center with fewer participants than folds switches stratification off: the log and the table say so."""
+    assert (make_folds(cases(60), 5, 7).stratified_by == "center").all()
+    df = pd.concat([cases(30), pd.DataFrame(dict(case_id=["D_0001", "D_0002"], participant_id=["PD1", "PD2"],
+                                                 center=["D", "D"]))])
+    with caplog.at_level("WARNING"):
+        folds = make_folds(df, 5, 7)
+    assert (folds.stratified_by == "none: D has 2 participants (< 5 folds)").all()
+    assert "NOT stratified by center" in caplog.text and "D has 2 participants" in caplog.text
+    check_grouping(folds)

@@ -44,20 +44,33 @@ def test_folds_grouped_by_participant(run_dir):
     folds = pd.read_csv(run_dir / "data" / "splits" / "T1.tsv", sep="\t")
     assert len(folds) == 12 and folds.fold.nunique() == FOLDS
     assert (folds.groupby("participant_id").fold.nunique() == 1).all()
+    said = folds.stratified_by.unique()  # stratification by center, or why not (never silently)
+    assert len(said) == 1 and (said[0] == "center" or said[0].startswith("none: "))
+
+
+N_LOCO = 12  # loco_models [nnunet] x the 12 scans of the 3 training centers
 
 
 def test_per_case_tables(run_dir):
     per_case = pd.read_csv(run_dir / "results" / "tables" / "per_case.tsv", sep="\t", keep_default_na=False)
-    assert len(per_case) == 16 * len(MODELS) and sorted(per_case.model.unique()) == sorted(MODELS)
-    for col in ["case", "dice", "hd95_mm", "precision", "recall", "vol_pred_ml", "vol_ref_ml", "role", "center"]:
+    assert len(per_case) == 16 * len(MODELS) + N_LOCO and sorted(per_case.model.unique()) == sorted(MODELS)
+    for col in ["case", "setting", "n_folds", "participant_id", "dice", "nsd", "hd95_mm", "precision", "recall",
+                "vol_pred_ml", "vol_ref_ml", "role", "center"]:
         assert col in per_case
-    assert per_case.groupby("role").size().to_dict() == {"external": 4 * len(MODELS), "train-cv": 12 * len(MODELS)}
-    dice = per_case.dice.astype(float)
-    assert ((dice >= 0) & (dice <= 1)).all()
+    assert per_case.groupby("setting").size().to_dict() == {"cv": 12 * len(MODELS), "external": 4 * len(MODELS),
+                                                            "loco": N_LOCO}
+    assert (per_case[per_case.setting != "loco"].n_folds.astype(int) == FOLDS).all()
+    assert (per_case.participant_id != "").all() and per_case.participant_id.nunique() < 16
+    for col in ("dice", "nsd"):
+        v = pd.to_numeric(per_case[col], errors="coerce").dropna()
+        assert ((v >= 0) & (v <= 1)).all()
     assert (per_case.vol_ref_ml.astype(float) > 10).all()
     summary = pd.read_csv(run_dir / "results" / "tables" / "summary.csv")
-    assert {"AHN", "NYU", "all external", "all train-cv", "all"} <= set(summary.scope)
-    assert (summary.n[summary.scope == "all"] == 16).all() and len(summary[summary.scope == "all"]) == len(MODELS)
+    assert {"AHN", "NYU", "all"} <= set(summary.scope) and set(summary.setting) == {"cv", "external", "loco"}
+    allrows = summary[summary.scope == "all"].set_index(["setting", "model"])
+    assert (allrows.n.xs("cv") == 12).all() and (allrows.n.xs("external") == 4).all() and len(allrows) == 2 * len(
+        MODELS) + 1
+    assert (allrows.n_participants <= allrows.n).all()
     assert "SYNTHETIC" in (run_dir / "results" / "tables" / "summary.md").read_text(encoding="utf-8")
 
 
@@ -78,28 +91,66 @@ def test_statistics_against_reference(run_dir):
     stats = run_dir / "results" / "stats" / "T1"
     comp = pd.read_csv(stats / "comparisons.tsv", sep="\t")
     others = len(TINY_MODELS) - 1
-    assert {"p", "p_holm", "ci_low", "n_pairs"} <= set(comp.columns)
-    assert len(comp) == others * 2 * (1 + 4)  # (Dice, HD95) x (all cases + 4 centers) per compared model
-    if others:
-        assert set(comp.reference) == {TINY_REFERENCE} and TINY_REFERENCE not in set(comp.model)
-        assert (comp[comp.scope == "all"].n_pairs == 16).all() and (comp[comp.scope != "all"].n_pairs == 4).all()
-    else:  # one model: nothing to compare, said in the table
-        assert "Only one model" in (run_dir / "results" / "tables" / "paired_tests.md").read_text(encoding="utf-8")
+    contract = ["modality", "setting", "unit", "scope", "metric", "model", "reference", "n_pairs", "n_participants",
+                "n_excluded", "mean_diff", "ci_low", "ci_high", "d_z", "t", "p_t", "p_t_holm", "p_wilcoxon",
+                "p_wilcoxon_holm"]
+    assert set(contract) <= set(comp.columns)
+    # per model: 2 units x 3 metrics x (cv: all + 3 centers; external: all + NYU)
+    assert len(comp) == others * 2 * 3 * (4 + 2)
+    assert set(comp.setting) == {"cv", "external"} and set(comp.unit) == {"participant", "scan"}
+    assert set(comp.reference) == {TINY_REFERENCE} and TINY_REFERENCE not in set(comp.model)
+    scan = comp[(comp.unit == "scan") & (comp.metric == "dice")]
+    assert (scan[(scan.setting == "cv") & (scan.scope == "all")].n_pairs == 12).all()
+    assert (scan[scan.scope.isin(["AHN", "MCF", "NWU", "NYU"])].n_pairs == 4).all()
+    part = comp[(comp.unit == "participant") & (comp.metric == "dice")]
+    assert (part.n_pairs == part.n_participants).all() and (part[part.scope == "all"].n_pairs < 16).all()
+    assert (comp.n_excluded >= 0).all() and set(comp.family.str.split("/").str[-1]) == {"all centers", "per center"}
+    # 4 pairs per center < min_pairs (5): no p-value, and the note says why
+    assert comp[comp.scope == "AHN"].p_t.isna().all() and comp[comp.scope == "AHN"].note.str.contains("min_pairs").all()
+    cross = pd.read_csv(stats / "cross_setting.tsv", sep="\t")
+    assert set(zip(cross.setting, cross.reference_setting, cross.model)) == {("loco", "cv", "nnunet")}
+    assert len(cross) == 2 * 3 * (1 + 3) and set(cross.family.str.split("/").str[1]) == {"loco vs cv"}
+    mixed = pd.read_csv(stats / "mixed_model.tsv", sep="\t", keep_default_na=False)
+    assert {"effect", "ci_low", "ci_high", "p", "center_var", "participant_var", "residual_var", "center_share",
+            "converged", "note"} <= set(mixed.columns)
+    assert set(mixed.setting) == {"cv", "external"} and len(mixed) == others * 3 * 2
+    assert mixed[mixed.setting == "cv"].formula.str.contains("(1 | center)", regex=False).all()  # 3 centers
+    assert mixed[mixed.setting == "external"].note.str.contains("fewer than 5 scans").all()  # NYU: 4 scans
+    unconverged = mixed[mixed.converged.astype(str) != "True"]
+    assert unconverged.note.str.len().gt(0).all()  # a fit that does not converge says so
+    failures = pd.read_csv(stats / "failures.tsv", sep="\t")
+    assert {"p_mcnemar", "p_mcnemar_holm", "failures_model", "failures_reference"} <= set(failures.columns)
     vol = pd.read_csv(stats / "volume.tsv", sep="\t")
-    assert sorted(vol.model) == sorted(TINY_MODELS) and (vol.n == 16).all()
+    assert len(vol) == 2 * len(TINY_MODELS) + 1 and {"icc", "icc_ci_low", "bias_ci_low", "loa_high_ci_high",
+                                                     "prop_bias_p"} <= set(vol.columns)
+    assert (vol[vol.setting == "cv"].n_scans == 12).all() and (vol[vol.setting == "external"].n_scans == 4).all()
+    desc = pd.read_csv(stats / "descriptives.tsv", sep="\t")
+    assert {"n_participants", "n_scans", "dice_ci_low", "nsd_mean", "hd95_nonfailed_mean"} <= set(desc.columns)
 
 
 def test_paper_tables_and_figures(run_dir):
     tables = run_dir / "results" / "tables"
-    for name in ["modality_T1", "cross_center", "agreement", "paired_tests", "volume_agreement"]:
+    for name in ["modality_T1", "cross_center", "agreement", "paired_tests", "cross_setting", "failures",
+                 "mixed_model", "volume_agreement", "loco"]:
         for ext in ["csv", "md", "tex", "html"]:
             assert (tables / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     modality = pd.read_csv(tables / "modality_T1.csv")
-    assert modality.model.iloc[0] == TINY_REFERENCE and sorted(modality.model) == sorted(TINY_MODELS)
-    assert (modality.n == 16).all()
-    assert "SYNTHETIC" in (tables / "modality_T1.md").read_text(encoding="utf-8")
+    # A row per setting x model (reference first in each setting), then the paper's published row.
+    assert modality.setting.tolist() == ["cv"] * len(TINY_MODELS) + ["external"] * len(TINY_MODELS) + ["loco",
+                                                                                                      "published"]
+    assert modality.model.iloc[0] == TINY_REFERENCE and sorted(modality.model[modality.setting == "cv"]) == sorted(
+        TINY_MODELS)
+    assert modality[modality.setting == "cv"].n_scans.eq(12).all() and modality[modality.setting == "external"].n_scans.eq(4).all()
+    assert (modality.n_participants[modality.setting == "cv"] <= 12).all()
+    assert {"dice_ci_low", "dice_ci_high", "nsd_mean", "vol_icc", "dice_p_t_holm", "dice_p_wilcoxon_holm"} <= set(
+        modality.columns)
+    md = (tables / "modality_T1.md").read_text(encoding="utf-8")
+    assert "SYNTHETIC" in md and "published (paper)" in md and "85.0 ± 7.9" in md
     cc = pd.read_csv(tables / "cross_center.csv")
-    assert cc.center.tolist() == ["AHN", "MCF", "NWU", "NYU"] and cc[f"{TINY_REFERENCE}_n"].tolist() == [4, 4, 4, 4]
+    assert list(zip(cc.setting, cc.center)) == [("cv", "AHN"), ("cv", "MCF"), ("cv", "NWU"), ("external", "NYU"),
+                                                ("loco", "AHN"), ("loco", "MCF"), ("loco", "NWU")]
+    assert cc[f"{TINY_REFERENCE}_n"].tolist()[:4] == [4, 4, 4, 4]
+    assert "per center" in (tables / "cross_center.md").read_text(encoding="utf-8")
     figs = run_dir / "results" / "figures" / "T1"
     stems = ["dice_hd95_by_model", "dice_hd95_by_center", "volume_scatter", "bland_altman"]
     stems += [f"{m}/{name}" for m in TINY_MODELS for name in ("training_curves", "overlays")]
@@ -107,6 +158,7 @@ def test_paper_tables_and_figures(run_dir):
         for ext in ["png", "svg", "tsv"]:
             assert (figs / f"{stem}.{ext}").exists(), f"{stem}.{ext}"
         assert "SYNTHETIC" in (figs / f"{stem}.svg").read_text(encoding="utf-8"), stem
+    assert set(pd.read_csv(figs / "dice_hd95_by_model.tsv", sep="\t").setting) == {"cv", "external", "loco"}
     for m in TINY_MODELS:
         assert len(pd.read_csv(figs / m / "training_curves.tsv", sep="\t")) == FOLDS * 2  # folds x 2 epochs
         assert pd.read_csv(figs / m / "overlays.tsv", sep="\t").pick.tolist() == ["best", "median", "worst"]
@@ -171,13 +223,16 @@ def test_leave_one_center_out(run_dir):
     for center in ("AHN", "MCF", "NWU"):
         loco = pd.read_csv(run_dir / "results" / "T1" / "nnunet" / "centers" / center / "loco_metrics.tsv", sep="\t")
         cv = pd.read_csv(run_dir / "results" / "T1" / "nnunet" / "centers" / center / "metrics.tsv", sep="\t")
-        assert (loco.setting == "held-out-center").all() and (cv.setting == f"{FOLDS}-fold-cv").all()
-        assert sorted(loco.case) == sorted(cv.case)
+        assert (loco.setting == "loco").all() and (cv.setting == "cv").all() and (cv.n_folds == FOLDS).all()
+        assert sorted(loco.case) == sorted(cv.case) and {"nsd", "participant_id"} <= set(loco.columns)
     table = pd.read_csv(run_dir / "results" / "tables" / "loco.csv")
-    assert table.center.tolist() == ["AHN", "MCF", "NWU"] and set(table.model) == {"nnunet"}
-    assert {"dice_cv_mean", "dice_loco_mean", "dice_p_holm", "hd95_p_holm"} <= set(table.columns)
+    assert table.center.tolist() == ["AHN", "MCF", "NWU", "all"] and set(table.model) == {"nnunet"}
+    assert {"dice_cv_mean", "dice_loco_mean", "dice_mean_diff", "dice_ci_low", "dice_ci_high", "dice_p_t_holm",
+            "dice_p_wilcoxon_holm", "hd95_p_t_holm", "dice_n_participants", "dice_n_scans", "hd95_n_scans"} <= set(
+        table.columns)
+    assert table.dice_n_scans.tolist() == [4, 4, 4, 12]  # the Dice pairs, never overwritten by HD95's
     md = (run_dir / "results" / "tables" / "loco.md").read_text(encoding="utf-8")
-    assert "held-out" in md and f"{FOLDS}-fold CV" in md
+    assert "loco" in md and f"{FOLDS}-fold CV" in md and "Δ Dice (%) [CI]" in md
 
 
 def test_loco_models_never_see_their_center(run_dir):
@@ -210,7 +265,7 @@ def dry_run_counts(run_dir, cfg_path):
 
 # Cheap rules that aggregate every center: they may re-run whenever any center changes.
 AGGREGATES = {"manifest", "tables", "paired_stats", "rater_agreement", "figures_metrics", "figure_overlays",
-              "paper_tables", "versions", "all"}
+              "paper_tables", "loco_table", "versions", "all"}
 
 
 def assert_only(counts, expected):

@@ -1,8 +1,9 @@
 """Evaluate predicted masks against reference labels: a per-case metrics table.
 
 Two uses:
-- the workflow: ``--cases`` (a center's manifest rows) and ``--pred`` (its mask folder) give a
-  table with the manifest's case, modality, center, participant and role columns;
+- the workflow: ``--cases`` (a center's manifest rows), ``--pred`` (its mask folder) and
+  ``--setting`` (settings.SETTINGS; ``--n-folds`` for cv/external) give a table with the
+  manifest's case, modality, center, participant_id and role columns, the setting and n_folds;
 - any two folders of NIfTI masks matched by file name, like nnU-Net's evaluate_folder:
   ``python -m workflow_scripts.evaluate --pred DIR --ref DIR --out FILE.csv``.
 Masks are read with SimpleITK; spacing comes from the reference, reversed to array order. A
@@ -22,17 +23,18 @@ import SimpleITK as sitk
 
 from .atomic import write_table
 from .errors import InputError
-from .metrics import case_metrics
+from .metrics import NSD_TOLERANCE_MM, case_metrics
 from .pairs import read_image
+from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["case", "dice", "hd95_mm", "hd_max_mm", "assd_mm", "precision", "recall", "vol_pred_ml", "vol_ref_ml",
+COLUMNS = ["case", "dice", "nsd", "hd95_mm", "hd_max_mm", "assd_mm", "precision", "recall", "vol_pred_ml", "vol_ref_ml",
            "vol_diff_ml", "tp", "fp", "fn", "empty"]
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-def evaluate_pair(pred_path, ref_path, origin_tol_mm=1e-2) -> dict:
+def evaluate_pair(pred_path, ref_path, origin_tol_mm=1e-2, nsd_tolerance_mm=NSD_TOLERANCE_MM) -> dict:
     pred_img, ref_img = read_image(pred_path), read_image(ref_path)
     if pred_img.GetSize() != ref_img.GetSize():
         raise InputError(pred_path, f"size {pred_img.GetSize()} differs from reference {ref_img.GetSize()} ({ref_path})")
@@ -42,7 +44,7 @@ def evaluate_pair(pred_path, ref_path, origin_tol_mm=1e-2) -> dict:
         raise InputError(pred_path, f"geometry (spacing/origin/direction) differs from reference {ref_path}")
     pred = sitk.GetArrayViewFromImage(pred_img) > 0
     ref = sitk.GetArrayViewFromImage(ref_img) > 0
-    return case_metrics(pred, ref, ref_img.GetSpacing()[::-1])
+    return case_metrics(pred, ref, ref_img.GetSpacing()[::-1], nsd_tolerance_mm)
 
 
 def case_name(path: Path) -> str:
@@ -52,7 +54,7 @@ def case_name(path: Path) -> str:
     return path.stem
 
 
-def evaluate_folders(pred_dir, ref_dir) -> pd.DataFrame:
+def evaluate_folders(pred_dir, ref_dir, nsd_tolerance_mm=NSD_TOLERANCE_MM) -> pd.DataFrame:
     """Match NIfTI masks by file name; a reference without prediction is an error."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     refs = {case_name(p): p for p in sorted(ref_dir.iterdir()) if p.name.endswith(NIFTI_SUFFIXES)}
@@ -67,46 +69,65 @@ def evaluate_folders(pred_dir, ref_dir) -> pd.DataFrame:
         log.warning("%d predictions have no reference and are not evaluated: %s", len(extra), extra[:5])
     rows = []
     for i, case in enumerate(refs, 1):
-        rows.append({"case": case, **evaluate_pair(preds[case], refs[case])})
+        rows.append({"case": case, **evaluate_pair(preds[case], refs[case], nsd_tolerance_mm=nsd_tolerance_mm)})
         if i % 20 == 0:
             log.info("evaluated %d/%d", i, len(refs))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str, setting: str = "") -> pd.DataFrame:
-    """Metrics for manifest rows, each against <pred_dir>/<case_id>.nii.gz."""
+def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str, setting: str, n_folds=None,
+                   nsd_tolerance_mm=NSD_TOLERANCE_MM) -> pd.DataFrame:
+    """Metrics for manifest rows, each against <pred_dir>/<case_id>.nii.gz.
+
+    `setting` is one of settings.SETTINGS; `n_folds` the fold count of the cross-validation the
+    masks come from (cv: out-of-fold; external: the ensemble of those folds), else empty.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting {setting!r} is not one of {SETTINGS}")
+    if "participant_id" not in cases or (cases["participant_id"].fillna("") == "").any():
+        raise InputError(pred_dir, "every case needs a participant_id (the manifest's participant column)")
     rows = []
     for r in cases.sort_values("case_id").itertuples():
         pred = Path(pred_dir) / f"{r.case_id}.nii.gz"
-        m = evaluate_pair(pred, r.label)
+        m = evaluate_pair(pred, r.label, nsd_tolerance_mm=nsd_tolerance_mm)
         rows.append({"case": r.case_id, **m})
     df = pd.DataFrame(rows, columns=COLUMNS)
     meta = cases.set_index("case_id").loc[df.case]
     for pos, col in enumerate(["modality", "center", "participant_id", "role", "data_source"]):
         df.insert(1 + pos, col, meta[col].fillna("").values if col in meta else "")
     df.insert(2, "model", model)
-    df.insert(3, "setting", setting)  # <k>-fold-cv, external or held-out-center
+    df.insert(3, "setting", setting)
+    df.insert(4, "n_folds", "" if n_folds is None else int(n_folds))
+    df["nsd_tolerance_mm"] = float(nsd_tolerance_mm)
     return df
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Per-case Dice, HD95 (mm), precision, recall and volumes.")
+    ap = argparse.ArgumentParser(description="Per-case Dice, NSD, HD95 (mm), precision, recall and volumes.")
     ap.add_argument("--pred", required=True, help="folder of predicted masks")
     ap.add_argument("--ref", help="folder of reference masks (matched by file name)")
     ap.add_argument("--cases", help="manifest TSV (workflow use; reference = its label column)")
     ap.add_argument("--model", default="")
-    ap.add_argument("--setting", default="", help="how the masks were made: <k>-fold-cv, external, held-out-center")
+    ap.add_argument("--setting", choices=SETTINGS, help="how the masks were made (workflow use, with --cases)")
+    ap.add_argument("--n-folds", type=int, help="fold count of the cross-validation (settings cv and external)")
+    ap.add_argument("--nsd-tolerance-mm", type=float, default=NSD_TOLERANCE_MM,
+                    help=f"tolerance of the normalised surface Dice (default {NSD_TOLERANCE_MM:g} mm)")
     ap.add_argument("--out", required=True, help="output table (.csv or .tsv)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if bool(args.ref) == bool(args.cases):
         ap.error("give exactly one of --ref and --cases")
+    if args.cases and not args.setting:
+        ap.error("--cases needs --setting (cv, external, loco, released, prompted)")
+    if args.setting in ("cv", "external") and not args.n_folds:
+        ap.error(f"--setting {args.setting} needs --n-folds")
     try:
         if args.ref:
-            df = evaluate_folders(args.pred, args.ref)
+            df = evaluate_folders(args.pred, args.ref, args.nsd_tolerance_mm)
         else:
             df = evaluate_cases(pd.read_csv(args.cases, sep="\t", dtype=str, keep_default_na=False), args.pred,
-                                args.model, args.setting)
+                                args.model, args.setting, args.n_folds if args.setting in ("cv", "external") else None,
+                                args.nsd_tolerance_mm)
     except InputError as exc:
         log.error("%s", exc)
         return 1

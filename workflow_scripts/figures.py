@@ -6,9 +6,11 @@ panel traces back to the per-case metrics tables. Titles start with "SYNTHETIC" 
 source is the synthetic demo.
 
 Subcommands (one job each):
-- ``metrics``: one modality's Dice and HD95 box/strip plots per model and per center, predicted
-  vs reference volume scatter (identity line, least-squares line, Pearson r² and identity-line R²)
-  and Bland-Altman plots (bias, limits of agreement bias ± 1.96 sd with ddof=1);
+- ``metrics``: one modality's Dice and HD95 box/strip plots per setting and model and per center
+  and setting (settings are never pooled), predicted vs reference volume scatter (identity line,
+  least-squares line, Pearson r², ICC and identity-line R²) and Bland-Altman plots (bias, limits
+  of agreement bias ± 1.96 sd with ddof=1, regression-based limits where the bias is
+  proportional), a row of panels per setting;
 - ``training``: one modality x model's training curves, one line per fold;
 - ``overlays``: image slice with reference and predicted contours for the best, median and
   worst case (by Dice) of one modality x model.
@@ -31,7 +33,7 @@ import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path, write_table  # noqa: E402
 from .errors import InputError  # noqa: E402
-from .stats import read_metrics, volume_agreement  # noqa: E402
+from .stats import read_metrics  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +94,23 @@ def _box_strip(ax, groups, positions, colours, width=0.6, seed=0):
 def _metric_panels(df, x_key, x_levels, hues, title, tick_labels=None):
     """Two panels (Dice, HD95): a box per x level, split into one box per model when `hues` lists models
     (``hues=[None]``: one box per level, coloured by level)."""
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(x_levels) * len(hues) + 2.5), 4.2))
+    boxes = len(x_levels) * len(hues)
+    if boxes <= 12:  # side by side
+        fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * boxes + 2.5), 4.2))
+    else:  # many boxes (several settings or centers): one panel above the other
+        fig, axes = plt.subplots(2, 1, figsize=(min(24.0, max(8.0, 0.45 * boxes + 2.0)), 8.0))
     width = 0.8 / len(hues)
     notes = []
     for ax, (col, label) in zip(axes, [("dice", "Dice"), ("hd95_mm", "HD95 (mm)")]):
         groups, positions, colours = [], [], []
         for i, level in enumerate(x_levels):
-            for j, model in enumerate(hues):
-                keep = df[x_key] == level
-                if model is not None:
-                    keep &= df.model == model
+            at_level = df[x_key] == level
+            # Boxes of the models that have rows at this level, centred on its tick (colour = model).
+            present = [(j, m) for j, m in enumerate(hues) if m is None or (at_level & (df.model == m)).any()]
+            for slot, (j, model) in enumerate(present):
+                keep = at_level if model is None else at_level & (df.model == model)
                 groups.append(df.loc[keep, col].astype(float).dropna())
-                positions.append(i + (j - (len(hues) - 1) / 2) * width)
+                positions.append(i + (slot - (len(present) - 1) / 2) * width)
                 colours.append(MODEL_COLOURS[(i if model is None else j) % len(MODEL_COLOURS)])
         _box_strip(ax, groups, positions, colours, width=width * 0.9)
         ax.set_xticks(range(len(x_levels)))
@@ -124,37 +131,54 @@ def _metric_panels(df, x_key, x_levels, hues, title, tick_labels=None):
     return fig
 
 
+def _panel_grid(n_rows, n_cols, width, height):
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False)
+    return fig, axes
+
+
 def metrics_figures(per_case: pd.DataFrame, out_dir, reference=None) -> list[Path]:
-    """Box/strip, volume scatter and Bland-Altman figures of one modality's per-case metrics."""
+    """Box/strip, volume scatter and Bland-Altman figures of one modality's per-case metrics, per setting."""
+    from .settings import order_settings
+    from .stats import Options, regression_limits, volume_agreement
+
     if per_case.modality.nunique() != 1:
         raise ValueError(f"metrics_figures wants one modality, got {sorted(per_case.modality.unique())}")
     out_dir = Path(out_dir)
     modality = per_case.modality.iloc[0]
     tag = synthetic_prefix(per_case.data_source)
     models = _order_models(per_case.model, reference)
-    cols = ["case", "model", "center", "role", "data_source"]
+    settings = order_settings(per_case.setting)
+    cols = ["case", "model", "setting", "center", "participant_id", "role", "data_source"]
+    cols = [c for c in cols if c in per_case]
     written = []
 
-    # Dice and HD95 per model (all centers pooled).
-    fig = _metric_panels(per_case, "model", models, [None],
-                         f"{tag}{modality}: Dice and HD95 per model, all centers (n = {per_case.case.nunique()} cases)")
+    # Dice and HD95 per setting and model (settings side by side, never pooled).
+    n_scans = {s: per_case[per_case.setting == s].case.nunique() for s in settings}
+    fig = _metric_panels(per_case, "setting", settings, models,
+                         f"{tag}{modality}: Dice and HD95 per setting and model (settings never pooled)",
+                         tick_labels=[f"{s}\n(n = {n_scans[s]} scans)" for s in settings])
     written += save_figure(fig, out_dir / "dice_hd95_by_model", per_case[cols + ["dice", "hd95_mm", "empty"]])
 
-    # Per center, training centers first.
-    roles = per_case.groupby("center").role.first()
-    centers = sorted(roles.index, key=lambda c: (roles[c] != "train-cv", c))
-    ticks = [f"{c}\n({'CV' if roles[c] == 'train-cv' else 'external'})" for c in centers]
-    fig = _metric_panels(per_case, "center", centers, models, f"{tag}{modality}: Dice and HD95 per center",
-                         tick_labels=ticks)
+    # Per center and setting: training centers (cv, loco) first.
+    keyed = per_case.assign(center_setting=per_case.center.astype(str) + "\n(" + per_case.setting.astype(str) + ")")
+    levels = sorted(keyed.center_setting.unique(),
+                    key=lambda k: (k.split("(")[1] == "external)", k.split("\n")[0], settings.index(k.split("(")[1][:-1])))
+    fig = _metric_panels(keyed, "center_setting", levels, models, f"{tag}{modality}: Dice and HD95 per center and setting")
     written += save_figure(fig, out_dir / "dice_hd95_by_center", per_case[cols + ["dice", "hd95_mm", "empty"]])
 
-    # Predicted vs reference volume, one panel per model.
-    n = len(models)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), squeeze=False)
-    for ax, model, colour in zip(axes[0], models, MODEL_COLOURS):
-        g = per_case[per_case.model == model]
+    # Predicted vs reference volume: a row per setting, a column per model.
+    opts = Options(reference=reference or "", n_boot=0)
+    combos = [(s, m) for s in settings for m in models if len(per_case[(per_case.setting == s) & (per_case.model == m)])]
+    fig, axes = _panel_grid(len(settings), len(models), 4.2, 4.2)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for s, model in combos:
+        ax = axes[settings.index(s), models.index(model)]
+        ax.set_axis_on()
+        colour = MODEL_COLOURS[models.index(model) % len(MODEL_COLOURS)]
+        g = per_case[(per_case.setting == s) & (per_case.model == model)]
         ref, pred = g.vol_ref_ml.astype(float), g.vol_pred_ml.astype(float)
-        va = volume_agreement(pred, ref)
+        va = volume_agreement(g, opts)
         lim = [0, 1.05 * max(ref.max(), pred.max(), 1e-6)]
         ax.plot(lim, lim, color="grey", lw=1, ls="--", label="identity")
         if np.isfinite(va["slope"]):
@@ -162,21 +186,26 @@ def metrics_figures(per_case: pd.DataFrame, out_dir, reference=None) -> list[Pat
                     label=f"fit: {va['slope']:.2f}·ref {va['intercept']:+.1f}")
         ax.scatter(ref, pred, s=16, color=colour, edgecolor="black", linewidth=0.4, zorder=3)
         ax.set(xlim=lim, ylim=lim, xlabel="reference volume (mL)", ylabel="predicted volume (mL)", aspect="equal")
-        ax.set_title(f"{model}: r² (Pearson) {va['r2_pearson']:.3f}\nR² (identity line) {va['r2_identity']:.3f}, "
-                     f"n = {va['n']}", fontsize=9)
+        ax.set_title(f"{model}, {s}: r² (Pearson) {va['r2_pearson']:.3f}, ICC {va['icc']:.3f}\n"
+                     f"R² (identity line) {va['r2_identity']:.3f}, n = {va['n_scans']}", fontsize=9)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{tag}{modality}: predicted vs reference pancreas volume", fontsize=10)
+    fig.suptitle(f"{tag}{modality}: predicted vs reference pancreas volume, per setting", fontsize=10)
     fig.tight_layout()
     written += save_figure(fig, out_dir / "volume_scatter", per_case[cols + ["vol_ref_ml", "vol_pred_ml"]])
 
-    # Bland-Altman, one panel per model.
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.0), squeeze=False)
+    # Bland-Altman: a row per setting, a column per model; regression-based limits where the bias is proportional.
+    fig, axes = _panel_grid(len(settings), len(models), 4.6, 4.0)
+    for ax in axes.ravel():
+        ax.set_axis_off()
     ba_rows = []
-    for ax, model, colour in zip(axes[0], models, MODEL_COLOURS):
-        g = per_case[per_case.model == model]
+    for s, model in combos:
+        ax = axes[settings.index(s), models.index(model)]
+        ax.set_axis_on()
+        colour = MODEL_COLOURS[models.index(model) % len(MODEL_COLOURS)]
+        g = per_case[(per_case.setting == s) & (per_case.model == model)]
         ref, pred = g.vol_ref_ml.astype(float), g.vol_pred_ml.astype(float)
         mean, diff = (ref + pred) / 2, pred - ref
-        va = volume_agreement(pred, ref)
+        va = volume_agreement(g, opts)
         ax.scatter(mean, diff, s=16, color=colour, edgecolor="black", linewidth=0.4, zorder=3)
         for y, ls, text in [(va["bias_ml"], "-", "bias"), (va["loa_low_ml"], "--", "bias − 1.96 sd"),
                             (va["loa_high_ml"], "--", "bias + 1.96 sd")]:
@@ -184,13 +213,22 @@ def metrics_figures(per_case: pd.DataFrame, out_dir, reference=None) -> list[Pat
                 ax.axhline(y, color="black", ls=ls, lw=1)
                 ax.annotate(f"{text}: {y:.1f}", (1.0, y), xycoords=("axes fraction", "data"), ha="right",
                             va="bottom", fontsize=7)
+        proportional = np.isfinite(va["rb_bias_b0"])
+        if proportional:
+            a = np.linspace(mean.min(), mean.max(), 50)
+            line, low, high = regression_limits(va, a)
+            ax.plot(a, line, color=colour, lw=1)
+            ax.plot(a, low, color=colour, lw=1, ls=":")
+            ax.plot(a, high, color=colour, lw=1, ls=":")
         ax.axhline(0, color="grey", lw=0.6)
         ax.set(xlabel="mean of predicted and reference volume (mL)", ylabel="predicted − reference (mL)")
-        ax.set_title(f"{model}: bias {va['bias_ml']:.2f} mL, LoA [{va['loa_low_ml']:.1f}, {va['loa_high_ml']:.1f}]",
-                     fontsize=9)
+        ax.set_title(f"{model}, {s}: bias {va['bias_ml']:.2f} mL, LoA [{va['loa_low_ml']:.1f}, {va['loa_high_ml']:.1f}]"
+                     + (f"\nproportional bias (slope {va['prop_bias_slope']:.3f}, p {va['prop_bias_p']:.3g}): "
+                        "regression-based limits dotted" if proportional else ""), fontsize=9)
         ba_rows.append(g[cols].assign(mean_ml=mean.values, diff_ml=diff.values, bias_ml=va["bias_ml"],
-                                      loa_low_ml=va["loa_low_ml"], loa_high_ml=va["loa_high_ml"]))
-    fig.suptitle(f"{tag}{modality}: Bland–Altman plot of pancreas volume (sd with ddof=1)", fontsize=10)
+                                      loa_low_ml=va["loa_low_ml"], loa_high_ml=va["loa_high_ml"],
+                                      prop_bias_p=va["prop_bias_p"]))
+    fig.suptitle(f"{tag}{modality}: Bland–Altman plot of pancreas volume per setting (sd with ddof=1)", fontsize=10)
     fig.tight_layout()
     written += save_figure(fig, out_dir / "bland_altman", pd.concat(ba_rows, ignore_index=True))
     return written

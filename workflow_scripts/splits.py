@@ -5,7 +5,8 @@ scan of a validation participant would leak otherwise). Folds come from scikit-l
 StratifiedGroupKFold (stratified by center, grouped by participant) with a fixed seed, on rows
 sorted by case id, so the same cases always give the same folds, byte for byte.
 Output: nnU-Net's splits_final.json format (a list of {"train": [...], "val": [...]}) and a
-readable TSV (case, participant, center, fold).
+readable TSV (case, participant, center, fold, stratified_by: "center", or "none: ..." naming the
+centers with fewer participants than folds, where stratification is switched off and logged).
 """
 
 from __future__ import annotations
@@ -31,13 +32,24 @@ def make_folds(cases: pd.DataFrame, n_folds: int = 5, seed: int = 12345) -> pd.D
     n_groups = df.participant_id.nunique()
     if n_groups < n_folds:
         raise ValueError(f"{n_groups} participants cannot fill {n_folds} folds; add cases or lower `folds`")
-    # Stratify by center only where every center can reach every fold; else plain grouping.
-    strata = df.center if df.groupby("center").participant_id.nunique().min() >= n_folds else pd.Series("all", index=df.index)
+    # Stratify by center only where every center can reach every fold; else plain grouping, said in
+    # the log and in the table's `stratified_by` column (never silently).
+    per_center = df.groupby("center").participant_id.nunique()
+    small = per_center[per_center < n_folds]
+    if small.empty:
+        strata, stratified_by = df.center, "center"
+    else:
+        strata = pd.Series("all", index=df.index)
+        stratified_by = "none: " + ", ".join(f"{c} has {n} participants" for c, n in small.items()) + \
+            f" (< {n_folds} folds)"
+        log.warning("folds are NOT stratified by center: %s; participants are still grouped",
+                    stratified_by.removeprefix("none: "))
     folds = np.full(len(df), -1)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(splitter.split(df, strata, groups=df.participant_id)):
         folds[val_idx] = k
     df["fold"] = folds
+    df["stratified_by"] = stratified_by
     return df
 
 
