@@ -144,6 +144,14 @@ def released_bundle(wildcards):
     return model_bundle(wildcards.model, wildcards.modality)
 
 
+def released_bundle_option(wildcards):
+    """Params function: `--bundle B.tar` for a released model (its evaluation marks the scans the
+    authors' training held out), else nothing."""
+    if model_kind(wildcards.model) != "released":
+        return ""
+    return f"--bundle {shlex.quote(model_bundle(wildcards.model, wildcards.modality))}"
+
+
 def prompt_checkpoint(wildcards):
     """Input function: the SAM/MedSAM checkpoint file of a prompted model."""
     return model_prompt(wildcards.model)["checkpoint"]
@@ -620,20 +628,6 @@ def loco_train_files(wildcards):
         if c != wildcards.center
         for f in files_listed(wildcards.modality, c, ["image", "label"])
     ]
-
-
-def _loco_center_files(name):
-    """`name` in every center folder of the leave-one-center-out experiment's modalities and models."""
-    return [
-        f"{RESULTS}/{m}/{model}/centers/{c}/{name}"
-        for m in loco_modalities()
-        for model in LOCO_MODELS
-        for c in centers(m, "train-cv")
-    ]
-
-
-def loco_metrics_all(wildcards=None):
-    return _loco_center_files("loco_metrics.tsv")
 
 
 def loco_table_all():

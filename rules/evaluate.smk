@@ -20,10 +20,11 @@ rule evaluate_center:
         setting=setting_of_center,
         n_folds=config["folds"],
         nsd_tolerance=config["metrics"]["nsd_tolerance_mm"],
+        bundle=released_bundle_option,
     shell:
-        "python -m workflow_scripts.evaluate --cases {input.cases} --pred {input.masks} --model {wildcards.model} "
+        "python -m workflow_scripts.evaluate --cases {input.cases:q} --pred {input.masks:q} --model {wildcards.model} "
         "--setting {params.setting} --n-folds {params.n_folds} --nsd-tolerance-mm {params.nsd_tolerance} "
-        "--out {output} > {log} 2>&1"
+        "{params.bundle} --out {output:q} > {log:q} 2>&1"
 
 
 use rule evaluate_center as evaluate_loco with:
@@ -39,3 +40,4 @@ use rule evaluate_center as evaluate_loco with:
         setting="loco",
         n_folds=config["folds"],
         nsd_tolerance=config["metrics"]["nsd_tolerance_mm"],
+        bundle="",

@@ -134,13 +134,14 @@ rule paper_tables:
         n_boot=config["statistics"]["n_boot"],
         seed=config["statistics"]["seed"],
         grouping=participant_grouping_note(),
+        labels=model_labels_json(),
     shell:
         "python -m workflow_scripts.paper_tables --metrics {input.metrics} --comparisons {input.comparisons} "
         "--cross-setting {input.cross_setting} --failures {input.failures} --volume {input.volume} "
         "--descriptives {input.descriptives} --mixed-model {input.mixed_model} --agreement {input.agreement} "
         "--reference {params.reference} --models {params.models} --modalities {params.modalities} "
         "--unit {params.unit} --n-boot {params.n_boot} --seed {params.seed} --study {params.study:q} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "--labels {params.labels:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule versions:

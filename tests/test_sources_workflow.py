@@ -94,7 +94,8 @@ def test_paper_config_dry_run(tmp_path):
     counts = job_counts(proc.stdout)
     assert counts["osf_source"] == 1 and counts["url_source"] == 1 and counts["local_source"] == 1
     assert counts["prepare_center"] == 2 + 5 + 5  # CT: MSD, NIH; T1 and T2: five centers each
-    n_models = 4  # pansegnet, nnunet, unet2d, axunet
+    n_models = len(yaml.safe_load((REPO / "config" / "paper.yaml").read_text(encoding="utf-8"))["models"])
+    assert n_models >= 6  # pansegnet, nnunet, transunet3d, lintransunet, unet2d, axunet
     assert counts["train"] == 3 * n_models * 5
     assert counts["predict_external"] == n_models  # NIH is CT's external center
 

@@ -1,6 +1,7 @@
 """The whole chain on a tiny SYNTHETIC study: every declared output exists and makes sense."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -435,3 +436,53 @@ def job_outputs(dry_run_output: str) -> list[tuple[str, str]]:
         elif not line.startswith("    "):
             rule = None
     return jobs
+
+
+def test_released_model_is_a_study_row(run_dir, tmp_path):
+    """A model given as published weights (a bundle per modality) gets prediction and evaluation jobs
+    on every center (setting `released`) and nothing else. Here the tiny study's own nnunet bundle
+    plays the published weights: on the external center it must give exactly nnunet's ensemble."""
+    import shutil
+
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
+    cfg["models"] = [*cfg["models"], "authors"]
+    cfg["model_catalog"]["authors"] = {"bundle": {"T1": "results/T1/nnunet/bundle/panseg_T1_nnunet.tar"},
+                                       "label": "nnU-Net as released (test stand-in)"}
+    path = tmp_path / "released.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    counts = dry_run_counts(run_dir, path)
+    assert_only(counts, {"predict_released": 4, "evaluate_center": 4, "figure_overlays": 1})
+    try:
+        snakemake("results/T1/authors/centers/NYU/metrics.tsv", "--cores", "2", f"--configfile={path}",
+                  workdir=run_dir, timeout=600)
+        ours = pd.read_csv(run_dir / "results/T1/authors/centers/NYU/metrics.tsv", sep="\t", keep_default_na=False)
+        ref = pd.read_csv(run_dir / "results/T1/nnunet/centers/NYU/metrics.tsv", sep="\t", keep_default_na=False)
+        assert (ours.setting == "released").all() and (ours.model == "authors").all()
+        assert "authors_validation" in ours and (ours.authors_validation == "").all()  # a native bundle lists none
+        assert np.allclose(ours.dice.astype(float), ref.dice.astype(float))
+    finally:
+        shutil.rmtree(run_dir / "results" / "T1" / "authors", ignore_errors=True)
+
+
+def test_prompted_models_plan_prediction_with_the_reference_labels(run_dir, tmp_path):
+    """SAM/MedSAM: one prediction job per center whose inputs include the reference labels and the
+    checkpoint; no training, bundle or held-out-center job. (Their protocol runs in test_prompted.py:
+    no real checkpoint can be downloaded here.)"""
+    import yaml
+
+    checkpoint = tmp_path / "sam_vit_b.pth"
+    checkpoint.write_bytes(b"placeholder: planned, never loaded")
+    cfg = yaml.safe_load(TINY.read_text(encoding="utf-8"))
+    cfg["models"] = [*cfg["models"], "medsam"]
+    cfg["model_catalog"]["medsam"] = {"prompt": {"checkpoint": str(checkpoint)}}
+    path = tmp_path / "prompted.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", f"--configfile={path}", workdir=run_dir, timeout=180)
+    assert_only(job_counts(proc.stdout), {"predict_prompted": 4, "evaluate_center": 4, "figure_overlays": 1})
+    jobs = [block for block in proc.stdout.split("\n\n") if "rule predict_prompted:" in block]
+    assert len(jobs) == 4
+    for block in jobs:
+        center = re.search(r"center=(\w+)", block).group(1)
+        assert f"labelsTr/{center}_0001.nii.gz" in block and str(checkpoint) in block

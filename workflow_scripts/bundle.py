@@ -385,6 +385,20 @@ def _read_info(archive: Path, root: Path) -> dict:
     return info
 
 
+def read_info(archive) -> dict:
+    """bundle.json of a bundle without extracting it (metadata only: nothing else is read or checked)."""
+    archive = Path(archive)
+    try:
+        with tarfile.open(archive, "r:") as tf:
+            member = next((m for m in tf.getmembers() if m.isfile() and m.name.count("/") == 1
+                           and m.name.endswith(f"/{INFO}")), None)
+            if member is None:
+                raise BundleError(archive, f"no {INFO} in the bundle's top folder")
+            return json.loads(tf.extractfile(member).read())
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        raise BundleError(archive, f"{INFO} cannot be read ({exc})") from None
+
+
 def inference_semantics(info: dict) -> str:
     """How a bundle's model must be run: "v2" (nnU-Net v2's predictor; bundles without the field, made
     before it existed, are native ones) or "v1" (models imported from nnU-Net v1)."""

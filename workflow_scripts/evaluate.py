@@ -102,6 +102,19 @@ def evaluate_cases(cases: pd.DataFrame, pred_dir, model: str, setting: str, n_fo
     return df
 
 
+def authors_validation(df: pd.DataFrame, bundle) -> list[str]:
+    """Per case of a released model: 'yes' when the published folder lists it among the cases its
+    training held out (bundle.json `v1_validation_cases`, any fold), 'no' when it lists others, ''
+    when the bundle lists none (then no fair subset can be read off)."""
+    from .bundle import read_info
+
+    listed = read_info(bundle).get("v1_validation_cases") or {}
+    held_out = {c for fold in listed.values() for c in fold.get("cases", [])}
+    if not held_out:
+        return [""] * len(df)
+    return ["yes" if c in held_out else "no" for c in df.case]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Per-case Dice, NSD, HD95 (mm), precision, recall and volumes.")
     ap.add_argument("--pred", required=True, help="folder of predicted masks")
@@ -112,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--n-folds", type=int, help="fold count of the cross-validation (settings cv and external)")
     ap.add_argument("--nsd-tolerance-mm", type=float, default=NSD_TOLERANCE_MM,
                     help=f"tolerance of the normalised surface Dice (default {NSD_TOLERANCE_MM:g} mm)")
+    ap.add_argument("--bundle", help="released weights: the bundle, to mark the scans its training held out "
+                                     "(column authors_validation)")
     ap.add_argument("--out", required=True, help="output table (.csv or .tsv)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -128,6 +143,8 @@ def main(argv=None):
             df = evaluate_cases(pd.read_csv(args.cases, sep="\t", dtype=str, keep_default_na=False), args.pred,
                                 args.model, args.setting, args.n_folds if args.setting in ("cv", "external") else None,
                                 args.nsd_tolerance_mm)
+        if args.bundle:
+            df["authors_validation"] = authors_validation(df, args.bundle)
     except InputError as exc:
         log.error("%s", exc)
         return 1

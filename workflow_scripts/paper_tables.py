@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -86,8 +87,13 @@ class Context:
     n_boot: int = 2000
     seed: int = 20240517
     synthetic: bool = False
-    warning: str = ""  # participants not grouped
+    warning: str = ""  # participants not grouped; released weights evaluated on their own training data
     cv_label: str = "CV"
+    labels: dict | None = None  # model -> row name (model_catalog.<model>.label)
+
+    def model_name(self, model: str) -> str:
+        label = (self.labels or {}).get(model)
+        return f"{model}: {label}" if label and label != model else model
 
 
 # ---- formatting ----------------------------------------------------------------------------
@@ -228,7 +234,7 @@ def modality_table(modality, desc, comparisons, cross, volume, context: Context)
             row["data_source"] = r.data_source
             rows.append(row)
             shown.append({
-                "Setting": setting_name(setting, context), "Model": model + (" (ref.)" if is_ref else ""),
+                "Setting": setting_name(setting, context), "Model": context.model_name(model) + (" (ref.)" if is_ref else ""),
                 "n (part. / scans)": n_cell(r.n_participants, r.n_scans),
                 "Dice (%)": pm_ci(r.dice_mean, r.dice_sd, r.dice_ci_low, r.dice_ci_high, 1, 100),
                 "NSD (%)": pm_ci(r.nsd_mean, r.nsd_sd, r.nsd_ci_low, r.nsd_ci_high, 1, 100),
@@ -656,11 +662,24 @@ def build_tables(per_case, stats: dict, agreement, context: Context, modalities)
     return tables
 
 
-def context_for(per_case, reference, unit="participant", models=None, n_boot=2000, seed=20240517) -> Context:
+RELEASED_BANNER = ("Released weights ({models}): trained by the authors on most of these scans: not an independent "
+                   "test. The per-case column authors_validation marks the scans their published folder lists as "
+                   "held out (fold-0 validation): the fair subset.")
+
+
+def released_banner(per_case) -> str:
+    """The banner every table carries when a released-weights model is among its rows' sources."""
+    models = sorted(set(per_case.model[per_case.setting == "released"]))
+    return RELEASED_BANNER.format(models=", ".join(models)) if models else ""
+
+
+def context_for(per_case, reference, unit="participant", models=None, n_boot=2000, seed=20240517,
+                labels=None) -> Context:
     cv = per_case[per_case.setting == "cv"]
+    warning = " ".join(w for w in (ungrouped_warning(per_case), released_banner(per_case)) if w)
     return Context(reference=reference, unit=unit, models=models, n_boot=n_boot, seed=seed,
                    synthetic="synthetic" in ",".join(per_case.data_source.astype(str)),
-                   warning=ungrouped_warning(per_case), cv_label=cv_label(cv.n_folds) if len(cv) else "CV")
+                   warning=warning, cv_label=cv_label(cv.n_folds) if len(cv) else "CV", labels=labels)
 
 
 STATS_COLUMNS = {"comparisons": COMPARISON_COLUMNS, "cross_setting": COMPARISON_COLUMNS, "failures": FAILURE_COLUMNS,
@@ -677,6 +696,7 @@ def main(argv=None):
     ap.add_argument("--agreement", nargs="*", default=[], help="agreement tsv per modality")
     ap.add_argument("--reference", required=True)
     ap.add_argument("--models", nargs="*", default=None, help="configured model order")
+    ap.add_argument("--labels", default="{}", help="JSON {model: row name} (model_catalog labels)")
     ap.add_argument("--modalities", nargs="+", required=True)
     ap.add_argument("--unit", choices=("participant", "scan"), default="participant")
     ap.add_argument("--n-boot", type=int, default=2000)
@@ -692,7 +712,8 @@ def main(argv=None):
     except InputError as exc:
         log.error("%s", exc)
         return 1
-    context = context_for(per_case, args.reference, args.unit, args.models, args.n_boot, args.seed)
+    context = context_for(per_case, args.reference, args.unit, args.models, args.n_boot, args.seed,
+                          json.loads(args.labels))
     if context.warning:
         log.warning("%s", context.warning)
     for t in build_tables(per_case, stats, agreement, context, args.modalities):
