@@ -32,32 +32,47 @@ MODELS = {
 }
 
 
+def _run(args):
+    proc = subprocess.run([sys.executable, "-m", *args], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def trained(request, tiny_study, tmp_path_factory):
+    """One fold trained through the training step (its recipe), then its out-of-fold cases predicted
+    through the prediction step, as the workflow's train and predict_oof jobs do."""
+    from workflow_scripts import recipe
+
     model = request.param
     trainer, network = MODELS[model]
     results = tmp_path_factory.mktemp(f"train-{model}")
-    args = [sys.executable, "-m", "workflow_scripts.train",
-            "--preprocessed-root", str(tiny_study / "data" / "nnunet_preprocessed" / "T1"),
-            "--raw-root", str(tiny_study / "data" / "nnunet_raw" / "T1"), "--results-root", str(results),
-            "--dataset-id", "901", "--modality", "T1", "--trainer", trainer, "--fold", "0",
-            "--splits", str(tiny_study / "data" / "splits" / "T1.json"), "--network", json.dumps(network),
-            "--epochs", "1", "--iterations", "2", "--val-iterations", "1", "--save-every", "1",
-            "--optimizer", "adamw", "--lr", "0.003", "--no-mirroring", "--device", "cpu"]
-    proc = subprocess.run(args, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
     folder = results / "Dataset901_T1" / f"{trainer.partition(':')[2]}__nnUNetPlans__3d_fullres"
-    return model, trainer, network, folder
+    r = recipe.training_recipe(modality="T1", dataset_id=901, experiment="cv", fold=0, trainer=trainer,
+                               configuration="3d_fullres", network=network, plan={"planner": "ExperimentPlanner"},
+                               plans="nnUNetPlans", folds=3, split_seed=12345, cases="-",
+                               training={"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
+                                         "save_every": 1, "optimizer": "adamw", "initial_lr": 0.003, "seed": 1})
+    splits = tiny_study / "data" / "splits" / "T1.json"
+    _run(["workflow_scripts.train", "--recipe", recipe.dumps(r), "--preprocessed-root",
+          str(tiny_study / "data" / "nnunet_preprocessed" / "T1"), "--checkpoint",
+          str(folder / "fold_0" / "checkpoint_final.pth"), "--splits", str(splits), "--device", "cpu"])
+    tables = [str(t) for t in sorted((tiny_study / "data" / "prepared" / "T1").glob("*.tsv"))
+              if not t.name.endswith(".excluded.tsv") and t.stem != "NYU"]
+    _run(["workflow_scripts.predict", "--cases", *tables, "--splits", str(splits), "--fold", "0", "--model-folder",
+          str(folder), "--checkpoints", str(folder / "fold_0" / "checkpoint_final.pth"), "--trainer", trainer,
+          "--out", str(results / "oof_fold_0"), "--no-mirroring", "--device", "cpu"])
+    return model, trainer, network, folder, results / "oof_fold_0", json.loads(splits.read_text())[0]["val"]
 
 
 def test_trains_and_predicts_its_validation_cases(trained):
-    model, trainer, network, folder = trained
+    model, trainer, network, folder, oof, held_out = trained
     fold = folder / "fold_0"
     assert (fold / "checkpoint_final.pth").exists()
     info = json.loads((fold / "train_info.json").read_text())
-    assert info["trainer"] == trainer and info["n_validation_cases"] >= 1
-    masks = sorted((fold / "validation").glob("*.nii.gz"))
-    assert len(masks) == info["n_validation_cases"]
+    assert info["recipe"]["trainer"] == trainer and info["recipe"]["network"] == network
+    masks = sorted(oof.glob("*.nii.gz"))
+    assert sorted(m.name[: -len(".nii.gz")] for m in masks) == sorted(held_out) and masks
     for m in masks:
         assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(m))))) <= {0, 1}
     assert len(pd.read_csv(fold / "training_curve.tsv", sep="\t")) == 1
@@ -68,7 +83,7 @@ def test_trains_and_predicts_its_validation_cases(trained):
 def test_bundle_segments_a_scan_like_the_prediction_step(trained, tiny_study, tmp_path):
     from workflow_scripts import bundle, segment
 
-    model, trainer, network, folder = trained
+    model, trainer, network, folder, _, _ = trained
     tar = bundle.export_bundle(folder, [folder / "fold_0" / "checkpoint_final.pth"], trainer, "3d_fullres", "T1",
                                model, tmp_path / f"panseg_T1_{model}.tar")
     manifest = pd.read_csv(tiny_study / "data" / "manifest.tsv", sep="\t").set_index("case_id")

@@ -278,9 +278,9 @@ def test_envs_hold_what_the_rules_import(rules):
     for rule in rules:
         if rule["norun"]:
             continue
-        modules = re.findall(r"python -m (workflow_scripts[\w.]*)", rule["shellcmd"] or "")
+        modules = re.findall(r"python\S* -m (workflow_scripts[\w.]*)", rule["shellcmd"] or "")
         assert modules, f"rule {rule['name']}: no `python -m workflow_scripts.<module>` in its command"
-        if rule["name"] in ("train", "predict_external"):
+        if rule["name"] in ("train", "train_loco", "predict_oof", "predict_external", "predict_loco"):
             modules += catalog  # trainers are imported by path from config
         held = set(pinned_versions(load_env(Path(rule["conda"]))))
         for module in modules:

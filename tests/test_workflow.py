@@ -481,7 +481,7 @@ def test_prompted_models_plan_prediction_with_the_reference_labels(run_dir, tmp_
     path.write_text(yaml.safe_dump(cfg))
     proc = snakemake("-n", f"--configfile={path}", workdir=run_dir, timeout=180)
     assert_only(job_counts(proc.stdout), {"predict_prompted": 4, "evaluate_center": 4, "figure_overlays": 1})
-    jobs = [block for block in proc.stdout.split("\n\n") if "rule predict_prompted:" in block]
+    jobs = [block for block in re.split(r"\n(?=\[\w{3} \w{3})", proc.stdout) if "rule predict_prompted:" in block]
     assert len(jobs) == 4
     for block in jobs:
         center = re.search(r"center=(\w+)", block).group(1)
