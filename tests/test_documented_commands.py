@@ -30,6 +30,11 @@ model folder at the path docs/released_weights.md uses (random weights), a TCIA-
 at ``tcia/`` and ``segment.yaml``. HOME is a folder of the checkout. Real runs go first (they make
 what later commands read: the NIH folder the study's dry runs need, the imported bundle), then dry
 runs, stops and help; the two checkouts run side by side.
+
+A new or changed documented command: add or edit its one E(...) line in REGISTRY (the failure names
+the document and line). Run: ``PYTHONPATH=$PWD .venv/bin/pytest -q tests/test_documented_commands.py``
+(the shared tiny study first, then about a minute on 2 cores; ``-m "not workflow"`` checks only the
+registry against the documents, in seconds).
 """
 
 from __future__ import annotations
@@ -237,7 +242,8 @@ def documented_commands() -> list[Documented]:
                 i = end + 1
                 continue
             if lines[i].lstrip().startswith("|"):
-                found += [Documented(name, i + 1, c) for c in re.findall(r"`([^`]+)`", lines[i]) if is_command(c)]
+                cells = re.findall(r"`([^`]+)`", lines[i].replace("\\|", "|"))  # `a\|b`: a pipe inside a cell
+                found += [Documented(name, i + 1, c) for c in cells if is_command(c)]
             i += 1
     return found
 
@@ -376,7 +382,7 @@ def shell(cmd: str, cwd: Path, env: dict, timeout=600) -> tuple[int, str, float]
 def run_checkout(entries: list[E], cwd: Path, env: dict, results: dict):
     """Run the entries' checks in order (real runs first); the same command after the same setup runs once."""
     done: dict[tuple, list] = {}
-    for e in sorted(entries, key=lambda e: PHASES.get(e.how.split(":")[0], 9)):
+    for e in sorted(entries, key=lambda e: PHASES[e.how.split(":")[0]]):
         key = (e.setup, tuple(checks(e)))
         if key not in done:
             outcome = []
