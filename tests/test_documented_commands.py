@@ -334,8 +334,8 @@ def write_checkout_inputs(root: Path, tiny: Path):
     shutil.copy(image, root / "scans" / "NYU_0001_0000.nii.gz")
     (root / "cases.tsv").write_text("case_id\timage\nNYU_0001\tscans/NYU_0001_0000.nii.gz\n", encoding="utf-8")
     # the authors' PanSegNet as nnU-Net v1 saves it (random weights), where docs/released_weights.md has it;
-    # a plan at the tiny scans' spacing keeps the sliding window to a few tiles
-    plans = V.v1_plans([12, 32, 32], [4.0, 3.0, 3.0], [[1, 2, 2], [2, 2, 2], [2, 2, 2]],
+    # a coarse plan whose patch holds the whole resampled scan (14 x 24 x 31): one window, 8 mirrored passes
+    plans = V.v1_plans([16, 24, 32], [6.0, 5.0, 5.0], [[1, 2, 2], [2, 2, 2], [2, 2, 2]],
                        [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]], use_mask=True)
     torch.manual_seed(0)
     V.save_v1_folder(root / "downloads" / "PanSegNet" / "Task110_T1", "nnTransUNetTrainerV2",
