@@ -321,7 +321,6 @@ PHASES = {"run": 0, "dry-run": 1, "stop": 2, "help": 3}
 
 def write_checkout_inputs(root: Path, tiny: Path):
     """What the documents assume a user has: scans, a table of them, a v1 model folder, a TCIA export."""
-    import numpy as np
     import SimpleITK as sitk
     import torch
 
@@ -341,12 +340,10 @@ def write_checkout_inputs(root: Path, tiny: Path):
     V.save_v1_folder(root / "downloads" / "PanSegNet" / "Task110_T1", "nnTransUNetTrainerV2",
                      V.naive_pansegnet(plans), plans)
     # NIH Pancreas-CT as TCIA delivers it: PANCREAS_<NNNN>/<study>/<series>/*.dcm and label<NNNN>.nii.gz
-    scan = sitk.ReadImage(str(image))
-    write_series(scan, root / "tcia" / "Pancreas-CT" / "PANCREAS_0001" / "study" / "series", "1.2.826.0.1.3680043.8.498.77")
+    series = root / "tcia" / "Pancreas-CT" / "PANCREAS_0001" / "study" / "series"
+    write_series(sitk.ReadImage(str(image)), series, "1.2.826.0.1.3680043.8.498.77")
     (root / "tcia" / "TCIA_pancreas_labels-02-05-2017").mkdir(parents=True)
-    mask = sitk.GetImageFromArray(sitk.GetArrayFromImage(sitk.ReadImage(str(label))).astype(np.uint8))
-    mask.CopyInformation(scan)
-    sitk.WriteImage(mask, str(root / "tcia" / "TCIA_pancreas_labels-02-05-2017" / "label0001.nii.gz"))
+    shutil.copy(label, root / "tcia" / "TCIA_pancreas_labels-02-05-2017" / "label0001.nii.gz")
     # docs/segment.md's segment.yaml, with folders that exist here (a bundle the study exports, one imported)
     (root / "segment.yaml").write_text(
         "segment:\n"
