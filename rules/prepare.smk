@@ -56,10 +56,8 @@ rule manifest:
         f"{DATA}/logs/manifest.log",
     conda:
         "../envs/data.yaml"
-    params:
-        schema=f"{workflow.basedir}/config/schemas/manifest.schema.yaml",
     shell:
-        "python -m workflow_scripts.manifest --tables {input} --schema {params.schema} "
+        "python -m workflow_scripts.manifest --tables {input:q} "
         "--out {output.manifest} --excluded {output.excluded} > {log} 2>&1"
 
 

@@ -58,10 +58,15 @@ def build_manifest(tables, schema=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df, ex
 
 
+# The workflow's own schema, found from the package (not passed as a path: an absolute path in a
+# rule's params would re-run the rule in every other checkout of the workflow).
+SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schemas" / "manifest.schema.yaml"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Build and validate data/manifest.tsv.")
     ap.add_argument("--tables", nargs="+", required=True)
-    ap.add_argument("--schema")
+    ap.add_argument("--schema", default=str(SCHEMA), help="manifest JSON schema (default: the workflow's own)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--excluded", required=True)
     args = ap.parse_args(argv)
