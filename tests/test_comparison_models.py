@@ -32,9 +32,9 @@ MODELS = {
 }
 
 
-def _run(args):
+def _run(args, cwd=None):
     proc = subprocess.run([sys.executable, "-m", *args], env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -61,7 +61,7 @@ def trained(request, tiny_study, tmp_path_factory):
               if not t.name.endswith(".excluded.tsv") and t.stem != "NYU"]
     _run(["workflow_scripts.predict", "--cases", *tables, "--splits", str(splits), "--fold", "0", "--model-folder",
           str(folder), "--checkpoints", str(folder / "fold_0" / "checkpoint_final.pth"), "--trainer", trainer,
-          "--out", str(results / "oof_fold_0"), "--no-mirroring", "--device", "cpu"])
+          "--out", str(results / "oof_fold_0"), "--no-mirroring", "--device", "cpu"], cwd=tiny_study)
     return model, trainer, network, folder, results / "oof_fold_0", json.loads(splits.read_text())[0]["val"]
 
 

@@ -110,6 +110,8 @@ REGISTRY = [
     E("python benchmarks/bench_models.py [--patch 32 96 96]", "help", "benchmark: needs up to 16 GB and many minutes"),
     E("python benchmarks/bench_segment.py --bundle results/demo/T1/<model>/bundle/panseg_T1_<model>.tar --sizes demo "
       "--scans 3", "help", "benchmark: a fresh process per scan, minutes"),
+    E("python benchmarks/bench_stats.py", "help", "benchmark: the statistics step at the study's size, about 10 s "
+      "of CPU with a few hundred MB of synthetic tables"),
     E("python benchmarks/bench_metrics.py", "help", "benchmark: medpy's hd95 takes 11 s per call on 512x512x100"),
     E("python benchmarks/bench_v1_import.py --work /tmp/bench_v1 --tile", "help",
       "benchmark: a paper-size network on a T1-sized scan, about 10 minutes"),

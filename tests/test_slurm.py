@@ -39,8 +39,9 @@ CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 CONFIG = REPO / "tests" / "slurm" / "cluster.yaml"
 RUN_TIMEOUT = 900  # s, a guard: both runs together take 3.5 to 4 minutes on 2 cores
 RUN = "Dataset903_T1/NnUNetTrainer__nnUNetPlans__3d_fullres"
-CLUSTER_RULES = {"synthetic_source": 1, "prepare_center": 2, "preprocess": 1, "train": 2, "predict_external": 1,
-                 "evaluate_center": 2}
+# predict_oof: one out-of-fold prediction job per fold (the prediction step is apart from training)
+CLUSTER_RULES = {"synthetic_source": 1, "prepare_center": 2, "preprocess": 1, "train": 2, "predict_oof": 2,
+                 "predict_external": 1, "evaluate_center": 2}
 LOCAL_RULES = {"manifest", "nnunet_raw", "split", "collect_cv_masks", "tables"}
 
 
@@ -235,6 +236,9 @@ def test_training_jobs_request_a_gpu(slurm_run):
         job = slurm_run.jobs[job_id]
         assert job.get("TresPerJob") == "gres:gpu:1", job
         assert job["Requeue"] == "1" and job["Partition"] == "panseg" and job["JobState"] == "COMPLETED", job
+    for rule in ("predict_oof", "predict_external"):  # the prediction step runs where the GPUs are
+        for job_id, call in slurm_run.calls(rule).items():
+            assert "--gpus=1" in call and "-p panseg" in call, call
     for rule in ("prepare_center", "preprocess", "evaluate_center", "synthetic_source"):
         for job_id, call in slurm_run.calls(rule).items():
             assert "--gpus" not in call and "--requeue" in call, call

@@ -48,7 +48,6 @@ from pathlib import Path
 
 from .atomic import atomic_path
 from .errors import InputError
-from .sources.download import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,11 @@ class Bundle:
 
 # ---- export ---------------------------------------------------------------------------------
 def sha256_file(path) -> str:
-    return file_digest(path, "sha256")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _version(dist: str) -> str | None:
