@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
-# SAM / MedSAM (workflow_scripts.prompted) and their tests: segment-anything imports torchvision,
+# SAM / MedSAM (workflow_scripts.nnunet.prompted) and their tests: segment-anything imports torchvision,
 # which does not import beside the CPU torch of .venv, so they get a venv of their own.
 SAM_VENV := .venv-sam
 SAM_STAMP := $(SAM_VENV)/.installed

@@ -52,6 +52,7 @@ include: "rules/segment.smk"
 
 # Before the DAG: finished folds of an earlier workflow version with an unchanged recipe stay trained.
 adopt_legacy_training()
+adopt_requoted_commands()
 
 
 rule all:

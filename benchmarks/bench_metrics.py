@@ -5,7 +5,7 @@
 Builds a 512x512x100 (z, y, x) pair at 2.5 x 0.8 x 0.8 mm with a pancreas-sized object (~70 mL:
 a curved tube, head thick, tail thin) and a prediction that differs at the border and is shifted
 by a few voxels, then times
-- ``workflow_scripts.metrics.case_metrics``: ALL per-case metrics (Dice, HD95, max HD, ASSD,
+- ``workflow_scripts.evaluation.metrics.case_metrics``: ALL per-case metrics (Dice, HD95, max HD, ASSD,
   precision, recall, volumes), cropped to the union's bounding box;
 - medpy's ``hd95`` alone (full-volume distance transforms), if medpy is installed (it is a
   benchmark-only dependency: ``pip install medpy``; without it that part is skipped).
@@ -27,7 +27,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_scripts.metrics import case_metrics  # noqa: E402
+from workflow_scripts.evaluation.metrics import case_metrics  # noqa: E402
 
 SPACING = (2.5, 0.8, 0.8)  # array order (z, y, x), mm
 

@@ -59,7 +59,7 @@ def synthetic_batch(batch: int, patch, seed: int = 0):
 def worker(args) -> dict:
     os.environ.update(nnUNet_compile="false", nnUNet_n_proc_DA="0")
     tmp = Path(tempfile.mkdtemp(prefix="panseg-bench-models-"))
-    from workflow_scripts.nnunet_env import configure
+    from workflow_scripts.nnunet.env import configure
 
     configure(preprocessed=tmp / "pre", results=tmp / "res", threads=args.threads)
     import torch

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 def demo_scan(seed: int):
     import numpy as np
 
-    from workflow_scripts.synthetic import CENTER_STYLES, Anatomy, render
+    from workflow_scripts.data.synthetic import CENTER_STYLES, Anatomy, render
 
     image, _ = render(Anatomy(seed), "T1", CENTER_STYLES["NYU"], np.random.default_rng(seed + 1))
     return image
@@ -41,7 +41,7 @@ def ct_scan(seed: int, slices: int = 100):
     import numpy as np
     import SimpleITK as sitk
 
-    from workflow_scripts.synthetic import Anatomy, CenterStyle, render
+    from workflow_scripts.data.synthetic import Anatomy, CenterStyle, render
 
     style = CenterStyle("CTB", (2.0, 2.0, 2.5), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), 1.0, 0.0, 0.04, 0.0)
     coarse, _ = render(Anatomy(seed), "CT", style, np.random.default_rng(seed + 1), fov_mm=(400.0, 400.0, 250.0))
@@ -70,7 +70,7 @@ def write_scans(work: Path, size: str, n: int, ct_slices: int) -> Path:
 
 
 def run_segment(bundle: Path, folder: Path, out: Path, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(bundle), "--input", str(folder),
+    cmd = [sys.executable, "-m", "workflow_scripts.deployment.segment", "--bundle", str(bundle), "--input", str(folder),
            "--out", str(out), "--threads", str(threads), "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
     t0 = time.time()

@@ -1,6 +1,6 @@
 """Time the statistics step at the study's size on synthetic per-case tables (run by hand, not a test).
 
-The study's shape (FACTS §1, config/paper.yaml): CT 1,350 scans (MSD 1,270 in cross-validation,
+The study's shape (docs/facts.md §1, config/paper.yaml): CT 1,350 scans (MSD 1,270 in cross-validation,
 NIH 80 external, one scan per participant), T1 385 and T2 382 scans from 5 centers (all in
 cross-validation; ~1.5 scans per participant) = 2,117 scans, x 4 models, plus leave-one-center-out
 rows of 2 models for T1 and T2. The statistics job runs once per modality, as in the workflow;
@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts import stats  # noqa: E402
+from workflow_scripts.evaluation import stats  # noqa: E402
 
 MODELS = ["pansegnet", "nnunet", "unet2d", "axunet"]
 LOCO_MODELS = ["pansegnet", "nnunet"]

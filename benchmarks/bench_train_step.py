@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from workflow_scripts.nnunet_env import configure, dataset_name
+    from workflow_scripts.nnunet.env import configure, dataset_name
 
     pre = Path(args.data) / "nnunet_preprocessed" / args.modality
     if args.features:  # same data, another U-Net width: a private copy of the plans, data linked
@@ -53,7 +53,7 @@ def main():
     import numpy as np
     import torch
 
-    from workflow_scripts.train import build_trainer
+    from workflow_scripts.nnunet.train import build_trainer
 
     splits = Path(args.data) / "splits" / f"{args.modality}.json"
     batch, rows = None, []

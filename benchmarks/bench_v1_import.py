@@ -96,11 +96,11 @@ def run(cmd: list[str], log: Path) -> tuple[float, float]:
 V2_PREDICTOR = r'''
 import json, sys, torch
 from pathlib import Path
-from workflow_scripts.nnunet_env import configure
+from workflow_scripts.nnunet.env import configure
 configure(threads=int(sys.argv[4]))
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from workflow_scripts.predict import load_checkpoint
+from workflow_scripts.nnunet.predict import load_checkpoint
 from workflow_scripts.trainers.pansegnet import PanSegNetTrainer
 root, scan, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 plans = json.loads((root / "plans.json").read_text()); dataset = json.loads((root / "dataset.json").read_text())
@@ -120,9 +120,9 @@ def tile_seconds(bundle: Path, work: Path, threads: int) -> dict:
     import torch
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
-    from workflow_scripts import bundle as B
-    from workflow_scripts.bundle_predict import load_predictor
-    from workflow_scripts.v1_inference import _tile_probabilities
+    from workflow_scripts.deployment import bundle as B
+    from workflow_scripts.deployment.bundle_predict import load_predictor
+    from workflow_scripts.deployment.v1_inference import _tile_probabilities
 
     torch.set_num_threads(threads)
     with B.opened(bundle, work) as b:
@@ -156,14 +156,14 @@ def main() -> None:
     folder = make_model(work) if not (work / "v1").exists() else next((work / "v1").iterdir())
     bundle = work / "panseg_T1_released.tar"
     if not bundle.exists():
-        t, mb = run([sys.executable, "-m", "workflow_scripts.bundle", "import-v1", "--model-dir", str(folder),
+        t, mb = run([sys.executable, "-m", "workflow_scripts.deployment.bundle", "import-v1", "--model-dir", str(folder),
                      "--modality", "T1", "--model", "pansegnet_released", "--no-mirroring", "--out", str(bundle)],
                     work / "import.log")
         print(f"import-v1: {t:.1f} s, peak {mb:.0f} MB, bundle {bundle.stat().st_size / 1e6:.0f} MB", flush=True)
     scan = make_scan(work / "scans")
     results = {}
     if args.compare_v2:
-        from workflow_scripts import bundle as B
+        from workflow_scripts.deployment import bundle as B
 
         extracted = work / "extracted"
         if not extracted.exists():
@@ -186,7 +186,7 @@ def main() -> None:
 
         def segment_run():
             shutil.rmtree(out, ignore_errors=True)
-            t, mb = run([sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(native), "--input",
+            t, mb = run([sys.executable, "-m", "workflow_scripts.deployment.segment", "--bundle", str(native), "--input",
                          str(scan.parent), "--out", str(out), "--device", "cpu", "--threads", str(args.threads),
                          "--no-mirroring"], work / "seg_v2order.log")
             results["segment_v2order"] = dict(wall_s=round(t, 1), peak_mb=round(mb), scan_s=float(
@@ -206,7 +206,7 @@ def main() -> None:
                                                               results["segment_v2order"]["wall_s"], 2)
     for mirroring in [False, True] if args.mirroring else [False]:
         out = work / f"seg_v1_{'mirror' if mirroring else 'plain'}"
-        t, mb = run([sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(bundle), "--input",
+        t, mb = run([sys.executable, "-m", "workflow_scripts.deployment.segment", "--bundle", str(bundle), "--input",
                      str(scan.parent), "--out", str(out), "--device", "cpu", "--threads", str(args.threads),
                      "--mirroring" if mirroring else "--no-mirroring"], work / f"{out.name}.log")
         row = json.loads((out / "segment_info.json").read_text())

@@ -4,9 +4,9 @@
 
 Writes a 512x512x100 (z, y, x) CT-like int16 image (body ellipse at 40 HU in -1000 HU air, noise
 sd 20 HU) and a uint8 label with a pancreas-sized blob, both as .nii.gz as SimpleITK writes them,
-then times ``workflow_scripts.pairs.check_pair``: both files inflated completely with every gzip
+then times ``workflow_scripts.data.image_checks.check_pair``: both files inflated completely with every gzip
 CRC checked, header/size verified, image finite, label values 0/1 with foreground, same grid. The
-goal (issue 16) is at most 2 s per pair on one core. Also prints SimpleITK's plain read of both
+goal is at most 2 s per pair on one core. Also prints SimpleITK's plain read of both
 files for scale (it does not verify anything, and zero-fills a truncated file).
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_scripts.pairs import check_pair  # noqa: E402
+from workflow_scripts.data.image_checks import check_pair  # noqa: E402
 
 
 def ct_pair(folder: Path, shape, seed=0) -> tuple[Path, Path]:

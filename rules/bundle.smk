@@ -27,10 +27,10 @@ rule export_bundle:
         mirroring=MIRRORING_FLAG,
         step=config["inference"]["step_size"],
     shell:
-        "python -m workflow_scripts.bundle export --model-folder {params.model_folder} "
-        "--checkpoints {input.checkpoints} --trainer {params.trainer} --configuration {params.configuration} "
-        "--modality {wildcards.modality} --model {wildcards.model} {params.mirroring} --step-size {params.step} "
-        "--out {output} > {log} 2>&1"
+        "python -m workflow_scripts.bundle export --model-folder {params.model_folder:q} "
+        "--checkpoints {input.checkpoints:q} --trainer {params.trainer:q} --configuration {params.configuration:q} "
+        "--modality {wildcards.modality:q} --model {wildcards.model:q} {params.mirroring:q} --step-size {params.step:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 # A trained nnU-Net v1 model (e.g. the authors' released PanSegNet weights) as a bundle with v1's
@@ -51,7 +51,7 @@ rule import_v1:
     params:
         options=v1_import_options,
     shell:
-        "python -m workflow_scripts.bundle import-v1 {params.options} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.bundle import-v1 {params.options} --out {output:q} > {log:q} 2>&1"
 
 
 rule import_v1_all:

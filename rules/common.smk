@@ -2,81 +2,18 @@
 import json
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 # The workflow's own package, for helpers that rules and jobs share (e.g. the training recipe).
 sys.path.insert(0, workflow.basedir)
-from workflow_scripts import recipe as recipes
+from workflow_scripts.common import model_catalog, provenance
+from workflow_scripts.data.inventory import center_input_files, folder_files
+from workflow_scripts.nnunet import recipe as recipes
 
-from workflow_scripts.inventory import center_input_files, folder_files
-
-# Built-in models; config's model_catalog adds models or overrides these key by key. Each entry is
-# one of three kinds (its key says which): trainable (`trainer`, nnU-Net `configuration`, `network`
-# options), released weights (`bundle`: {modality: bundle.tar}) or prompted (`prompt`: SAM/MedSAM
-# given the reference label's box). Only trainable models get training, bundle export and
-# leave-one-center-out jobs; the other two only predict (settings `released`, `prompted`).
-BUILTIN_MODELS = {
-    "nnunet": {"trainer": "workflow_scripts.trainers.nnunet:NnUNetTrainer", "configuration": "3d_fullres"},
-    "pansegnet": {"trainer": "workflow_scripts.trainers.pansegnet:PanSegNetTrainer", "configuration": "3d_fullres"},
-    "unet2d": {"trainer": "workflow_scripts.trainers.unet2d:UNet2DTrainer", "configuration": "2d"},
-    "axunet": {"trainer": "workflow_scripts.trainers.axunet:AXUNetTrainer", "configuration": "2d"},
-    "transunet3d": {
-        "trainer": "workflow_scripts.trainers.transunet3d:TransUNet3DTrainer",
-        "configuration": "3d_fullres",
-        "label": "PanSegNet with softmax attention (TransUNet-3D stand-in)",
-    },
-    "lintransunet": {
-        "trainer": "workflow_scripts.trainers.lintransunet:LinTransUNetTrainer",
-        "configuration": "3d_fullres",
-        "label": "LinTransUNet",
-    },
-    "sam": {
-        "prompt": {"method": "sam", "model_type": "vit_h", "checkpoint": None},
-        "label": "SAM (box prompt from the reference label)",
-    },
-    "medsam": {
-        "prompt": {"method": "medsam", "model_type": "vit_b", "checkpoint": None},
-        "label": "MedSAM (box prompt from the reference label)",
-    },
-}
-# The key that makes an entry each kind, and the kind's name (also the setting of prediction-only kinds).
-MODEL_KIND_KEYS = {"trainer": "trainable", "bundle": "released", "prompt": "prompted"}
-
-
-def _catalog_entry(name, builtin, entry):
-    """One model's entry: the built-in one overridden key by key (`prompt` one level deeper), one kind."""
-    given = [k for k in MODEL_KIND_KEYS if k in entry]
-    if len(given) > 1:
-        raise ValueError(f"model_catalog.{name}: give exactly one of 'trainer', 'bundle' or 'prompt', not {given}")
-    base = [k for k in MODEL_KIND_KEYS if k in builtin]
-    if given and base and given != base:
-        raise ValueError(
-            f"model_catalog.{name}.{given[0]}: the built-in {name} is a {MODEL_KIND_KEYS[base[0]]} model "
-            f"('{base[0]}'); a model of another kind needs a name of its own"
-        )
-    merged = {**builtin, **entry}
-    if "prompt" in builtin and "prompt" in entry:
-        merged["prompt"] = {**builtin["prompt"], **entry["prompt"]}
-    if not any(k in merged for k in MODEL_KIND_KEYS):
-        raise ValueError(
-            f"model_catalog.{name}: a new model needs one of 'trainer' (module:Class), "
-            "'bundle' ({modality: bundle.tar}) or 'prompt' ({method, model_type, checkpoint})"
-        )
-    if "trainer" in merged:
-        return {"configuration": "3d_fullres", "network": {}, **merged}
-    for key in ("configuration", "network"):
-        if key in merged:
-            raise ValueError(f"model_catalog.{name}.{key}: only a trainable model (with a 'trainer') has one")
-    return merged
-
-
-MODEL_CATALOG = {
-    name: _catalog_entry(name, BUILTIN_MODELS.get(name, {}), entry)
-    for name, entry in {**{n: {} for n in BUILTIN_MODELS}, **config["model_catalog"]}.items()
-}
+# Models: the built-in ones (config/models.yaml) merged with config's model_catalog, key by key.
+MODEL_CATALOG = model_catalog.build_catalog(config["model_catalog"])
 DATA = config["data_dir"]
 # Downloaded files live outside data/raw: Snakemake deletes a job's outputs before it runs and
 # after it fails, and a download cache there could not resume.
@@ -89,7 +26,7 @@ FOLDS = list(range(config["folds"]))
 
 def model_kind(model):
     """'trainable', 'released' (published weights as bundles) or 'prompted' (SAM/MedSAM)."""
-    return next(kind for key, kind in MODEL_KIND_KEYS.items() if key in MODEL_CATALOG[model])
+    return model_catalog.model_kind(MODEL_CATALOG[model])
 
 
 def model_setting(model):
@@ -384,7 +321,7 @@ def _training_cases(modality, held_out=None, direct=False):
 
 
 def training_recipe(modality, model, fold=None, held_out=None, direct=False):
-    """The training recipe (workflow_scripts/recipe.py) of a CV fold or of a held-out-center model."""
+    """The training recipe (workflow_scripts/nnunet/recipe.py) of a CV fold or of a held-out-center model."""
     m = model_conf(model)
     recipe = recipes.training_recipe(
         modality=modality,
@@ -429,13 +366,13 @@ def summary_tables():
     return [f"{RESULTS}/tables/summary.csv", f"{RESULTS}/tables/summary.md"]
 
 
-# ---- statistics, figures, paper tables, provenance (issue 3) -------------------------------
+# ---- statistics, figures, paper tables, provenance -------------------------------------
 PAPER_TABLE_FORMATS = ["csv", "md", "tex", "html"]
 METRIC_FIGURES = ["dice_hd95_by_model", "dice_hd95_by_center", "volume_scatter", "bland_altman"]
 FIGURE_FILES = ["png", "svg", "tsv"]
 
 
-# Tables of the statistics job of a modality (workflow_scripts.stats.OUTPUTS) and of rater agreement.
+# Tables of the statistics job of a modality (workflow_scripts.evaluation.stats.OUTPUTS) and of rater agreement.
 STATS_TABLES = ["comparisons", "cross_setting", "failures", "volume", "descriptives", "mixed_model"]
 
 
@@ -447,15 +384,11 @@ def stats_file(modality, name):
 def stats_options():
     """Command-line options of the statistics job (config `statistics`)."""
     st = config["statistics"]
-    options = [
-        f"--unit {st['unit']}",
-        f"--n-boot {st['n_boot']}",
-        f"--seed {st['seed']}",
-        f"--min-pairs {st['min_pairs']}",
-    ]
+    options = ["--unit", st["unit"], "--n-boot", str(st["n_boot"]), "--seed", str(st["seed"])]
+    options += ["--min-pairs", str(st["min_pairs"])]
     if st["failure_dice"] is not None:
-        options.append(f"--failure-dice {st['failure_dice']}")
-    return " ".join(options)
+        options += ["--failure-dice", str(st["failure_dice"])]
+    return shlex.join(options)
 
 
 def paper_table(name, ext):
@@ -532,18 +465,8 @@ def config_json():
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
-def _git_commit():
-    """HEAD of the workflow's checkout (a params value: a new commit refreshes versions.yml)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", workflow.basedir, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-GIT_COMMIT = _git_commit()
+# a params value of the versions rule: a new commit refreshes versions.yml
+GIT_COMMIT = provenance.git_commit(workflow.basedir) or "unknown"
 
 
 def data_sources_all():
@@ -729,7 +652,7 @@ def modality_param(key):
 
 
 def setting_of_center(wildcards):
-    """How a center's cases were predicted (workflow_scripts/settings.py): released or prompted for a model that
+    """How a center's cases were predicted (workflow_scripts/evaluation/settings.py): released or prompted for a model that
     only predicts; else out-of-fold (cv) or by the fold ensemble (external), the fold count in its own column
     (evaluate --n-folds)."""
     setting = model_setting(wildcards.model)
@@ -772,7 +695,7 @@ def local_source_files(wildcards):
 
 
 def center_source_files(wildcards):
-    """Every file of this center in its (built) source, kept or excluded: the inventory of issue 16."""
+    """Every file of this center in its (built) source, kept or excluded: the inventory (workflow_scripts/data/inventory.py)."""
     name = center_source(wildcards.modality, wildcards.center)
     raw = getattr(checkpoints, f"{config['sources'][name]['type']}_source").get(source=name).output[0]
     folder = config["modalities"][wildcards.modality]["folder"]
@@ -850,7 +773,7 @@ def nnunet_configurations(wildcards=None):
 
 def target_spacing_arg():
     spacing = config["plan"].get("target_spacing")
-    return "--target-spacing " + " ".join(str(s) for s in spacing) if spacing else ""
+    return shlex.join(["--target-spacing", *(str(s) for s in spacing)]) if spacing else ""
 
 
 # ---- model bundles and segmentation of new scans (rules/bundle.smk, rules/segment.smk) -----
@@ -886,14 +809,14 @@ def segment_input(wildcards):
 def segment_options(wildcards):
     """Command-line options of one segment job (device, mirroring, failure handling)."""
     job = SEGMENT_JOBS[wildcards.segment_job]
-    options = [f"--device {job['device']}"]
+    options = ["--device", job["device"]]
     if job["mirroring"] is not None:
         options.append("--mirroring" if job["mirroring"] else "--no-mirroring")
     if job["allow_failed_scans"]:
         options.append("--allow-failures")
     if job["keep_converted"]:
         options.append("--keep-converted")
-    return " ".join(options)
+    return shlex.join(options)
 
 
 # ---- nnU-Net v1 models imported as bundles (rules/bundle.smk, docs/released_weights.md) ------
@@ -963,10 +886,10 @@ def job_shell_prefix():
 # ---- upgrades -------------------------------------------------------------------------------
 def adopt_legacy_training():
     """Finished folds trained by the workflow before the training recipe (<= 80adb6e) are not trained
-    again when their recipe is unchanged (workflow_scripts/upgrade.py). Runs before the DAG is built."""
+    again when their recipe is unchanged (workflow_scripts/common/upgrade.py). Runs before the DAG is built."""
     if not workflow.is_main_process or not Path(".snakemake", "metadata").is_dir():
         return
-    from workflow_scripts import upgrade
+    from workflow_scripts.common import upgrade
 
     jobs = []
     for m in MODALITIES:
@@ -1009,3 +932,16 @@ def adopt_legacy_training():
             "(same recipe): they are not trained again.",
             file=sys.stderr,
         )
+
+
+def adopt_requoted_commands():
+    """Finished jobs whose rule's command only gained `:q` quoting since they ran are not re-run
+    (workflow_scripts/common/upgrade.py, REQUOTED_RULES). Runs before the DAG is built."""
+    if not workflow.is_main_process or not Path(".snakemake", "metadata").is_dir():
+        return
+    from workflow_scripts.common import upgrade
+
+    current = {r.name: r.shellcmd for r in workflow.rules if r.shellcmd}
+    changed = upgrade.adopt_requoted_commands(".snakemake", current)
+    if changed:
+        print(f"Kept {changed} finished job outputs whose rule's command only gained quoting.", file=sys.stderr)

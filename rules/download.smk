@@ -2,7 +2,7 @@
 # Every rule builds data/raw/{source}; each takes only the source names of its own type
 # (wildcard_constraints from rules/common.smk). They are checkpoints: once a source is built, the
 # files of each center in it become inputs of that center's prepare_center job (the inventory,
-# workflow_scripts/inventory.py), so fixing, adding or removing any file re-runs it. Downloaded files are cached in
+# workflow_scripts/data/inventory.py), so fixing, adding or removing any file re-runs it. Downloaded files are cached in
 # <downloads_dir>/<source>/ (default data/downloads), outside the rule's output, so an
 # interrupted download resumes on the next run and a re-run job downloads nothing.
 
@@ -34,8 +34,8 @@ checkpoint synthetic_source:
         cases=source_param("cases_per_center"),
         seed=source_param("seed"),
     shell:
-        "python -m workflow_scripts.synthetic --out {output} --modalities {params.modalities} "
-        "--centers {params.centers} --cases-per-center {params.cases} --seed {params.seed} > {log} 2>&1"
+        "python -m workflow_scripts.synthetic --out {output:q} --modalities {params.modalities:q} "
+        "--centers {params.centers:q} --cases-per-center {params.cases:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 checkpoint osf_source:
@@ -52,8 +52,8 @@ checkpoint osf_source:
         settings=source_settings,
         downloads=download_cache,
     shell:
-        "python -m workflow_scripts.sources.osf --name {wildcards.source} --out {output} "
-        "--downloads {params.downloads} --settings {params.settings} > {log} 2>&1"
+        "python -m workflow_scripts.sources.osf --name {wildcards.source:q} --out {output:q} "
+        "--downloads {params.downloads:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 checkpoint url_source:
@@ -70,8 +70,8 @@ checkpoint url_source:
         settings=source_settings,
         downloads=download_cache,
     shell:
-        "python -m workflow_scripts.sources.url --name {wildcards.source} --out {output} "
-        "--downloads {params.downloads} --settings {params.settings} > {log} 2>&1"
+        "python -m workflow_scripts.sources.url --name {wildcards.source:q} --out {output:q} "
+        "--downloads {params.downloads:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 checkpoint local_source:
@@ -96,5 +96,5 @@ checkpoint local_source:
     params:
         settings=source_settings,
     shell:
-        "python -m workflow_scripts.sources.local --name {wildcards.source} --out {output} "
-        "--settings {params.settings} > {log} 2>&1"
+        "python -m workflow_scripts.sources.local --name {wildcards.source:q} --out {output:q} "
+        "--settings {params.settings:q} > {log:q} 2>&1"

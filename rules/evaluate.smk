@@ -22,8 +22,8 @@ rule evaluate_center:
         nsd_tolerance=config["metrics"]["nsd_tolerance_mm"],
         bundle=released_bundle_option,
     shell:
-        "python -m workflow_scripts.evaluate --cases {input.cases:q} --pred {input.masks:q} --model {wildcards.model} "
-        "--setting {params.setting} --n-folds {params.n_folds} --nsd-tolerance-mm {params.nsd_tolerance} "
+        "python -m workflow_scripts.evaluate --cases {input.cases:q} --pred {input.masks:q} --model {wildcards.model:q} "
+        "--setting {params.setting:q} --n-folds {params.n_folds:q} --nsd-tolerance-mm {params.nsd_tolerance:q} "
         "{params.bundle} --out {output:q} > {log:q} 2>&1"
 
 

@@ -39,10 +39,10 @@ rule predict_oof:
         inference=inference_params(),
         mirroring=MIRRORING_FLAG,
     shell:
-        "python -m workflow_scripts.predict --cases {input.cases:q} --splits {input.splits:q} --fold {wildcards.fold} "
+        "python -m workflow_scripts.predict --cases {input.cases:q} --splits {input.splits:q} --fold {wildcards.fold:q} "
         "--model-folder {params.model_folder:q} --checkpoints {input.checkpoint:q} --trainer {params.trainer:q} "
-        "--configuration {params.configuration:q} --out {output:q} {params.mirroring} "
-        "--step-size {params.inference[step_size]} --device {params.inference[device]} --threads {threads} "
+        "--configuration {params.configuration:q} --out {output:q} {params.mirroring:q} "
+        "--step-size {params.inference[step_size]:q} --device {params.inference[device]:q} --threads {threads} "
         "> {log:q} 2>&1"
 
 
@@ -90,8 +90,8 @@ rule predict_external:
     shell:
         "python -m workflow_scripts.predict --cases {input.cases:q} --model-folder {params.model_folder:q} "
         "--checkpoints {input.checkpoints:q} --trainer {params.trainer:q} --configuration {params.configuration:q} "
-        "--out {output:q} {params.mirroring} --step-size {params.inference[step_size]} "
-        "--device {params.inference[device]} --threads {threads} > {log:q} 2>&1"
+        "--out {output:q} {params.mirroring:q} --step-size {params.inference[step_size]:q} "
+        "--device {params.inference[device]:q} --threads {threads} > {log:q} 2>&1"
 
 
 use rule predict_external as predict_loco with:
@@ -140,7 +140,7 @@ rule predict_released:
         mirroring=MIRRORING_FLAG,
     shell:
         "python -m workflow_scripts.bundle predict --bundle {input.bundle:q} --cases {input.cases:q} --out {output:q} "
-        "{params.mirroring} --step-size {params.inference[step_size]} --device {params.inference[device]} "
+        "{params.mirroring:q} --step-size {params.inference[step_size]:q} --device {params.inference[device]:q} "
         "--threads {threads} > {log:q} 2>&1"
 
 
@@ -171,6 +171,6 @@ rule predict_prompted:
         model_type=prompt_param("model_type"),
         device=config["inference"]["device"],
     shell:
-        "{params.python:q} -m workflow_scripts.prompted --cases {input.cases:q} --method {params.method} "
-        "--model-type {params.model_type} --checkpoint {input.checkpoint:q} --out {output:q} "
-        "--device {params.device} --threads {threads} > {log:q} 2>&1"
+        "{params.python:q} -m workflow_scripts.prompted --cases {input.cases:q} --method {params.method:q} "
+        "--model-type {params.model_type:q} --checkpoint {input.checkpoint:q} --out {output:q} "
+        "--device {params.device:q} --threads {threads} > {log:q} 2>&1"

@@ -39,10 +39,10 @@ checkpoint prepare_center:
         header=config["prepare"]["label_header_mismatch"],
         fixed=f"{DATA}/prepared/{{modality}}/fixed_labels",
     shell:
-        "python -m workflow_scripts.prepare --raw {input.raw}/{params.folder} --modality {wildcards.modality} "
-        "--center {wildcards.center} --role {params.role} --out {output.cases} --fixed-dir {params.fixed} "
-        "{params.mapping} --participant-regex '{params.regex}' --on-bad-case {params.on_bad} "
-        "--label-header-mismatch {params.header} --data-source {params.source} > {log} 2>&1"
+        "python -m workflow_scripts.prepare --raw {input.raw:q}/{params.folder:q} --modality {wildcards.modality:q} "
+        "--center {wildcards.center:q} --role {params.role:q} --out {output.cases:q} --fixed-dir {params.fixed:q} "
+        "{params.mapping} --participant-regex {params.regex:q} --on-bad-case {params.on_bad:q} "
+        "--label-header-mismatch {params.header:q} --data-source {params.source:q} > {log:q} 2>&1"
 
 
 rule manifest:
@@ -58,7 +58,7 @@ rule manifest:
         "../envs/data.yaml"
     shell:
         "python -m workflow_scripts.manifest --tables {input:q} "
-        "--out {output.manifest} --excluded {output.excluded} > {log} 2>&1"
+        "--out {output.manifest:q} --excluded {output.excluded:q} > {log:q} 2>&1"
 
 
 rule nnunet_raw:
@@ -76,9 +76,9 @@ rule nnunet_raw:
         dataset_id=modality_param("dataset_id"),
         description=data_source_of_modality,
     shell:
-        "python -m workflow_scripts.nnunet_dataset --cases {input.tables} --out-root {output} "
-        "--dataset-id {params.dataset_id} --modality {wildcards.modality} "
-        "--description 'PanSeg {wildcards.modality} ({params.description} data)' > {log} 2>&1"
+        "python -m workflow_scripts.nnunet_dataset --cases {input.tables:q} --out-root {output:q} "
+        "--dataset-id {params.dataset_id:q} --modality {wildcards.modality:q} "
+        "--data-kind {params.description:q} > {log:q} 2>&1"
 
 
 checkpoint split:
@@ -96,8 +96,8 @@ checkpoint split:
         folds=config["folds"],
         seed=config["split_seed"],
     shell:
-        "python -m workflow_scripts.splits --cases {input} --folds {params.folds} --seed {params.seed} "
-        "--out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
+        "python -m workflow_scripts.splits --cases {input:q} --folds {params.folds:q} --seed {params.seed:q} "
+        "--out-json {output.json:q} --out-tsv {output.tsv:q} > {log:q} 2>&1"
 
 
 use rule nnunet_raw as nnunet_raw_loco with:

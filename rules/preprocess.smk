@@ -28,8 +28,8 @@ checkpoint preprocess:
         planner=config["plan"]["planner"],
         plans=PLANS,
     shell:
-        "python -m workflow_scripts.preprocess --raw-root {input} --preprocessed-root {output} "
-        "--dataset-id {params.dataset_id} --modality {wildcards.modality} --configurations {params.configurations} "
+        "python -m workflow_scripts.preprocess --raw-root {input:q} --preprocessed-root {output:q} "
+        "--dataset-id {params.dataset_id:q} --modality {wildcards.modality:q} --configurations {params.configurations:q} "
         "--overrides {params.overrides:q} {params.spacing} --planner {params.planner:q} --plans-name {params.plans:q} "
         "--threads {threads} > {log:q} 2>&1"
 

@@ -45,8 +45,8 @@ rule figures_metrics:
         reference=REFERENCE_MODEL,
         source=data_source_of_modality,
     shell:
-        "python -m workflow_scripts.figures metrics --metrics {input.metrics} --reference {params.reference} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_scripts.figures metrics --metrics {input.metrics:q} --reference {params.reference:q} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule figure_training:
@@ -66,9 +66,10 @@ rule figure_training:
     params:
         stem=output_stem,
         source=data_source_of_modality,
+        title=lambda w: f"{w.modality} {w.model}: training curves per fold",
     shell:
-        "python -m workflow_scripts.figures training --curves {input} --data-source {params.source} "
-        "--title '{wildcards.modality} {wildcards.model}: training curves per fold' --out {params.stem} > {log} 2>&1"
+        "python -m workflow_scripts.figures training --curves {input:q} --data-source {params.source:q} "
+        "--title {params.title:q} --out {params.stem:q} > {log:q} 2>&1"
 
 
 rule figure_overlays:
@@ -93,8 +94,8 @@ rule figure_overlays:
         stem=output_stem,
         source=data_source_of_modality,
     shell:
-        "python -m workflow_scripts.figures overlays --metrics {input.metrics} --cases {input.cases} "
-        "--masks {input.masks} --out {params.stem} > {log} 2>&1"
+        "python -m workflow_scripts.figures overlays --metrics {input.metrics:q} --cases {input.cases:q} "
+        "--masks {input.masks:q} --out {params.stem:q} > {log:q} 2>&1"
 
 
 rule paper_tables:
@@ -136,12 +137,12 @@ rule paper_tables:
         grouping=participant_grouping_note(),
         labels=model_labels_json(),
     shell:
-        "python -m workflow_scripts.paper_tables --metrics {input.metrics} --comparisons {input.comparisons} "
-        "--cross-setting {input.cross_setting} --failures {input.failures} --volume {input.volume} "
-        "--descriptives {input.descriptives} --mixed-model {input.mixed_model} --agreement {input.agreement} "
-        "--reference {params.reference} --models {params.models} --modalities {params.modalities} "
-        "--unit {params.unit} --n-boot {params.n_boot} --seed {params.seed} --study {params.study:q} "
-        "--labels {params.labels:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_scripts.paper_tables --metrics {input.metrics:q} --comparisons {input.comparisons:q} "
+        "--cross-setting {input.cross_setting:q} --failures {input.failures:q} --volume {input.volume:q} "
+        "--descriptives {input.descriptives:q} --mixed-model {input.mixed_model:q} --agreement {input.agreement:q} "
+        "--reference {params.reference:q} --models {params.models:q} --modalities {params.modalities:q} "
+        "--unit {params.unit:q} --n-boot {params.n_boot:q} --seed {params.seed:q} --study {params.study:q} "
+        "--labels {params.labels:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule versions:
@@ -159,7 +160,7 @@ rule versions:
         repo=workflow.basedir,
     shell:
         "python -m workflow_scripts.versions --config-json {params.config:q} --repo {params.repo:q} "
-        "--out {output.yml} --html {output.html} > {log} 2>&1"
+        "--out {output.yml:q} --html {output.html:q} > {log:q} 2>&1"
 
 
 rule loco_table:
@@ -181,5 +182,5 @@ rule loco_table:
         n_boot=config["statistics"]["n_boot"],
         grouping=participant_grouping_note(),
     shell:
-        "python -m workflow_scripts.loco --descriptives {input.descriptives} --cross-setting {input.cross_setting} "
-        "--unit {params.unit} --n-boot {params.n_boot} --out-dir {params.out_dir} --study '{params.study}' > {log} 2>&1"
+        "python -m workflow_scripts.loco --descriptives {input.descriptives:q} --cross-setting {input.cross_setting:q} "
+        "--unit {params.unit:q} --n-boot {params.n_boot:q} --out-dir {params.out_dir:q} --study {params.study:q} > {log:q} 2>&1"

@@ -27,7 +27,7 @@ rule segment_folder:
         options=segment_options,
     shell:
         "python -m workflow_scripts.segment --bundle {input.bundle:q} --input {input.scans:q} --out {output:q} "
-        "--threads {threads} {params.options} > {log} 2>&1"
+        "--threads {threads} {params.options} > {log:q} 2>&1"
 
 
 rule segment_all:

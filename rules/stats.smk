@@ -28,8 +28,8 @@ rule paired_stats:
         options=stats_options(),
         out_dir=output_dir,
     shell:
-        "python -m workflow_scripts.stats --metrics {input.metrics} --reference {params.reference} "
-        "--models {params.models} {params.options} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_scripts.stats --metrics {input.metrics:q} --reference {params.reference:q} "
+        "--models {params.models:q} {params.options} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule rater_agreement:
@@ -47,4 +47,4 @@ rule rater_agreement:
     params:
         margin=config["statistics"]["kappa_box_margin_mm"],
     shell:
-        "python -m workflow_scripts.agreement --cases {input} --margin-mm {params.margin} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.agreement --cases {input:q} --margin-mm {params.margin:q} --out {output:q} > {log:q} 2>&1"

@@ -19,5 +19,5 @@ rule tables:
     params:
         study=config["study"],
     shell:
-        "python -m workflow_scripts.tables --metrics {input.metrics} --study '{params.study}' "
-        "--per-case {output.per_case} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "python -m workflow_scripts.tables --metrics {input.metrics:q} --study {params.study:q} "
+        "--per-case {output.per_case:q} --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"

@@ -2,7 +2,7 @@
 # center out). A training job trains and nothing else (prediction is rules/predict.smk).
 #
 # Labs run these jobs for weeks: a job must re-run only when what it learns changes. So
-# - its only param is the training recipe (rules/common.smk: training_recipe; workflow_scripts/recipe.py);
+# - its only param is the training recipe (rules/common.smk: training_recipe; workflow_scripts/nnunet/recipe.py);
 # - its inputs are the scans it trains on (an edited image or label re-trains), and the derived data
 #   (preprocessed arrays, splits) as ancient(): re-running those steps (a workflow upgrade, a new
 #   center elsewhere) does not re-train by itself; a change in what they produce is in the recipe;

@@ -6,9 +6,9 @@ import pytest
 from scipy import ndimage
 
 from conftest import blob, write_nifti
-from workflow_scripts.agreement import (agreement_table, confusion_counts, dilated_union_box, kappa_from_counts, main,
+from workflow_scripts.evaluation.agreement import (agreement_table, confusion_counts, dilated_union_box, kappa_from_counts, main,
                                         pooled_kappa, rater_agreement)
-from workflow_scripts.errors import InputError
+from workflow_scripts.common.errors import InputError
 
 
 def test_kappa_hand_2x2_example():

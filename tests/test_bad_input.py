@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from source_data import SHAPE, case_pair
-from workflow_scripts.errors import InputError
-from workflow_scripts.inventory import dataset_inventory, find_dataset_dirs
-from workflow_scripts.prepare import prepare_center
-from workflow_scripts.sources import local
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.data.inventory import dataset_inventory, find_dataset_dirs
+from workflow_scripts.data.prepare import prepare_center
+from workflow_scripts.data.sources import local
 
 LAYOUTS = ("panseg", "nnunet", "decathlon")
 CENTERS = {"panseg": ("AHN", "MCF"), "nnunet": ("ABC",), "decathlon": ("MSD",)}
@@ -208,7 +208,7 @@ def test_error_names_the_user_file_behind_the_link(tmp_path):
 
 
 def test_misfits_of_every_center_reported_once_in_the_manifest(tmp_path):
-    from workflow_scripts.manifest import build_manifest
+    from workflow_scripts.data.manifest import build_manifest
 
     src = make_source(tmp_path / "src", "panseg")
     case_pair(src / "imagesTr" / "scan4_0000.nii.gz", src / "labelsTr" / "scan4.nii.gz")

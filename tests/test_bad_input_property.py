@@ -1,4 +1,4 @@
-"""Property-based check of issue 16: damage any one file of a small source, in any way, and the run
+"""Property-based check of bad input: damage any one file of a small source, in any way, and the run
 either stops with a clear InputError naming that file, or accepts data equal to the original;
 never a traceback, never a silently shorter study.
 
@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from source_data import case_pair
-from workflow_scripts.decode import read_nifti
-from workflow_scripts.errors import InputError
-from workflow_scripts.prepare import prepare_center
-from workflow_scripts.sources import local
+from workflow_scripts.data.decode import read_nifti
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.data.prepare import prepare_center
+from workflow_scripts.data.sources import local
 
 SOURCES = {"panseg": ("AHN", "MCF"), "nnunet": ("ABC",), "decathlon": ("MSD",)}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.bootstrap import ClusterBootstrap, cluster_mean_ci, mean_ci, percentile_ci, stratified_counts
+from workflow_scripts.evaluation.bootstrap import ClusterBootstrap, cluster_mean_ci, mean_ci, percentile_ci, stratified_counts
 
 # Center A: participant a1 with two scans (1, 3), a2 with one (5); center B: b1 (10), b2 (20).
 TINY = pd.DataFrame({"participant": ["a1", "a1", "a2", "b1", "b2"], "center": ["A", "A", "A", "B", "B"],

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from helpers import REPO
-from workflow_scripts import bundle as B
+from workflow_scripts.deployment import bundle as B
 
 FOLDS = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text(encoding="utf-8"))["folds"]
 MODELS = {"nnunet": "workflow_scripts.trainers.nnunet:NnUNetTrainer",
@@ -194,7 +194,7 @@ def test_checkpoint_with_pickled_code_is_not_executed(tiny_study, tmp_path):
 
     import torch
 
-    from workflow_scripts import segment
+    from workflow_scripts.deployment import segment
 
     folder = tmp_path / "model"
     shutil.copytree(model_folder(tiny_study, "nnunet"), folder, ignore=shutil.ignore_patterns("fold_1"))
@@ -249,7 +249,7 @@ def test_predict_command_gives_the_workflow_masks(tiny_study, tmp_path):
     ("case_id\timage\n../A\t{img}\n", "case_id '../A': ids are"),
 ])
 def test_predict_command_refuses_bad_tables(tmp_path, table, message):
-    from workflow_scripts.bundle_predict import read_cases
+    from workflow_scripts.deployment.bundle_predict import read_cases
 
     img = tmp_path / "x.nii.gz"
     img.write_bytes(b"")

@@ -42,7 +42,7 @@ def _run(args, cwd=None):
 def trained(request, tiny_study, tmp_path_factory):
     """One fold trained through the training step (its recipe), then its out-of-fold cases predicted
     through the prediction step, as the workflow's train and predict_oof jobs do."""
-    from workflow_scripts import recipe
+    from workflow_scripts.nnunet import recipe
 
     model = request.param
     trainer, network = MODELS[model]
@@ -54,12 +54,12 @@ def trained(request, tiny_study, tmp_path_factory):
                                training={"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
                                          "save_every": 1, "optimizer": "adamw", "initial_lr": 0.003, "seed": 1})
     splits = tiny_study / "data" / "splits" / "T1.json"
-    _run(["workflow_scripts.train", "--recipe", recipe.dumps(r), "--preprocessed-root",
+    _run(["workflow_scripts.nnunet.train", "--recipe", recipe.dumps(r), "--preprocessed-root",
           str(tiny_study / "data" / "nnunet_preprocessed" / "T1"), "--checkpoint",
           str(folder / "fold_0" / "checkpoint_final.pth"), "--splits", str(splits), "--device", "cpu"])
     tables = [str(t) for t in sorted((tiny_study / "data" / "prepared" / "T1").glob("*.tsv"))
               if not t.name.endswith(".excluded.tsv") and t.stem != "NYU"]
-    _run(["workflow_scripts.predict", "--cases", *tables, "--splits", str(splits), "--fold", "0", "--model-folder",
+    _run(["workflow_scripts.nnunet.predict", "--cases", *tables, "--splits", str(splits), "--fold", "0", "--model-folder",
           str(folder), "--checkpoints", str(folder / "fold_0" / "checkpoint_final.pth"), "--trainer", trainer,
           "--out", str(results / "oof_fold_0"), "--no-mirroring", "--device", "cpu"], cwd=tiny_study)
     return model, trainer, network, folder, results / "oof_fold_0", json.loads(splits.read_text())[0]["val"]
@@ -81,7 +81,8 @@ def test_trains_and_predicts_its_validation_cases(trained):
 
 
 def test_bundle_segments_a_scan_like_the_prediction_step(trained, tiny_study, tmp_path):
-    from workflow_scripts import bundle, segment
+    from workflow_scripts.deployment import bundle
+    from workflow_scripts.deployment import segment
 
     model, trainer, network, folder, _, _ = trained
     tar = bundle.export_bundle(folder, [folder / "fold_0" / "checkpoint_final.pth"], trainer, "3d_fullres", "T1",
@@ -95,7 +96,7 @@ def test_bundle_segments_a_scan_like_the_prediction_step(trained, tiny_study, tm
     cases = tmp_path / "cases.tsv"
     pd.DataFrame({"case_id": ["NYU_0001"], "image": [str(scans / "NYU_0001_0000.nii.gz")]}).to_csv(cases, sep="\t",
                                                                                                       index=False)
-    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.predict", "--cases", str(cases), "--model-folder",
+    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.nnunet.predict", "--cases", str(cases), "--model-folder",
                            str(folder), "--checkpoints", str(folder / "fold_0" / "checkpoint_final.pth"), "--trainer",
                            trainer, "--out", str(tmp_path / "pred"), "--no-mirroring", "--device", "cpu"],
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600)

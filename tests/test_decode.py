@@ -10,9 +10,11 @@ import SimpleITK as sitk
 
 from conftest import blob, write_nifti
 from dicom_series import write_series
-from workflow_scripts import decode, dicom, segment
-from workflow_scripts.errors import InputError
-from workflow_scripts.pairs import check_pair
+from workflow_scripts.data import decode
+from workflow_scripts.deployment import dicom
+from workflow_scripts.deployment import segment
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.data.image_checks import check_pair
 
 SHAPE = (6, 10, 12)  # z, y, x
 

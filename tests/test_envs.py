@@ -294,5 +294,5 @@ def test_envs_hold_what_the_rules_import(rules):
 
 def test_import_scan_sees_lazy_imports():
     """The scan counts imports inside functions (nnU-Net's are all lazy) but not unused helpers'."""
-    assert {"torch", "nnunetv2"} <= third_party_imports("workflow_scripts.predict")
-    assert "torch" not in third_party_imports("workflow_scripts.nnunet_dataset")
+    assert {"torch", "nnunetv2"} <= third_party_imports("workflow_scripts.nnunet.predict")
+    assert "torch" not in third_party_imports("workflow_scripts.nnunet.raw_dataset")

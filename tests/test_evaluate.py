@@ -9,11 +9,11 @@ import pytest
 
 from conftest import blob, write_nifti
 from helpers import REPO
-from workflow_scripts.metrics import case_metrics
+from workflow_scripts.evaluation.metrics import case_metrics
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "workflow_scripts.evaluate", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "workflow_scripts.evaluation.evaluate", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -49,7 +49,7 @@ def test_missing_prediction_and_geometry_errors(tmp_path):
 
 
 def test_workflow_table_carries_setting_folds_participant_and_nsd(tmp_path):
-    from workflow_scripts.evaluate import evaluate_cases
+    from workflow_scripts.evaluation.evaluate import evaluate_cases
 
     rows = []
     for case, shift in (("AHN_0001", 0), ("AHN_0002", 1)):

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from workflow_scripts.metrics import case_metrics
+from workflow_scripts.evaluation.metrics import case_metrics
 
 
 def brute_force_hd(pred, ref, spacing, q=95):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.mixed_model import fit_mixed_model
+from workflow_scripts.evaluation.mixed_model import fit_mixed_model
 
 
 def balanced(c=4, p=5, m=3, seed=3):

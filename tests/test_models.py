@@ -215,7 +215,7 @@ def test_transunet3d_token_limit_is_checked_before_training():
 
 # ---- lintransunet -------------------------------------------------------------------------------
 def lintransunet_closed_form(features, kernels, strides, in_channels=1, classes=2, heads=8, layers=8, skips=2):
-    """Parameters of LinTransUNet from its description (FACTS §9), 3-D, counted by hand."""
+    """Parameters of LinTransUNet from its description (docs/facts.md §9), 3-D, counted by hand."""
     prod = math.prod
 
     def conv(cin, cout, k, bias=True):

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from conftest import blob, write_nifti
-from workflow_scripts.errors import InputError
-from workflow_scripts.prepare import find_dataset_dirs, load_participants, prepare_center
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.data.prepare import find_dataset_dirs, load_participants, prepare_center
 
 REGEX = r"^(?P<participant>[A-Z]+-P\d+)-V\d+-"
 
@@ -178,7 +178,7 @@ def test_extra_annotation_header_fixed_like_labels(raw_dataset, tmp_path):
 
 
 def test_manifest_schema_accepts_optional_columns(raw_dataset, tmp_path):
-    from workflow_scripts.manifest import build_manifest
+    from workflow_scripts.data.manifest import build_manifest
     from helpers import REPO
 
     add_annotation(raw_dataset, "labelsTr_rater2", "AAA_0001", blob())

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from workflow_scripts.preprocess import apply_overrides
+from workflow_scripts.nnunet.preprocess import apply_overrides
 
 PLANS = {
     "configurations": {

@@ -27,7 +27,7 @@ from segment_anything.modeling import (  # noqa: E402
 from skimage import transform  # noqa: E402
 
 from conftest import write_nifti  # noqa: E402
-from workflow_scripts import prompted as P  # noqa: E402
+from workflow_scripts.nnunet import prompted as P  # noqa: E402
 
 torch.set_num_threads(1)
 SHAPE = (7, 20, 24)  # z, y, x

@@ -9,7 +9,12 @@ import yaml
 
 from conftest import write_nifti
 from test_stats import fabricated
-from workflow_scripts import figures, loco, paper_tables, stats, tables, versions
+from workflow_scripts.reporting import figures
+from workflow_scripts.reporting import loco_tables as loco
+from workflow_scripts.reporting import paper_tables
+from workflow_scripts.evaluation import stats
+from workflow_scripts.evaluation import summary_tables as tables
+from workflow_scripts.reporting import versions
 
 MODELS = ["pansegnet", "unet2d", "axunet"]
 
@@ -131,7 +136,7 @@ def test_paper_tables_per_setting_three_models(tmp_path):
                                                        ("external", "pansegnet"), ("external", "unet2d"),
                                                        ("external", "axunet"), ("published", "pansegnet")]
     assert m.data.n_scans.tolist()[:6] == [12, 12, 12, 6, 6, 6] and m.data.n_participants.tolist()[:3] == [8, 8, 8]
-    assert m.data.dice_mean.iloc[-1] == 0.85 and m.data.vol_r2_pearson.iloc[-1] == 0.84  # FACTS §1, T1
+    assert m.data.dice_mean.iloc[-1] == 0.85 and m.data.vol_r2_pearson.iloc[-1] == 0.84  # docs/facts.md §1, T1
     assert list(m.display.columns) == ["Setting", "Model", "n (part. / scans)", "Dice (%)", "NSD (%)", "HD95 (mm)*",
                                        "Failures", "Volume r²", "Volume ICC", "vs", "Δ Dice (%)",
                                        "p Dice t / W (Holm)", "p HD95 t / W (Holm)"]
@@ -207,7 +212,7 @@ def test_paper_tables_and_loco_commands(tmp_path):
     stats_dir = tmp_path / "stats"
     assert stats.main(["--metrics", *metrics, "--reference", "pansegnet", "--n-boot", "100", "--out-dir",
                        str(stats_dir)]) == 0
-    from workflow_scripts.agreement import COLUMNS
+    from workflow_scripts.evaluation.agreement import COLUMNS
 
     agr = tmp_path / "a.tsv"
     pd.DataFrame(columns=COLUMNS).to_csv(agr, sep="\t", index=False)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts import resampling
-from workflow_scripts.resampling import resample_logits_to_shape
+from workflow_scripts.nnunet import resampling
+from workflow_scripts.nnunet.resampling import resample_logits_to_shape
 
 torch.set_num_threads(1)
 
@@ -34,7 +34,7 @@ def test_lean_resampling_equals_nnunet(monkeypatch, shape, new_shape, spacing, n
 def test_lean_configuration_only_swaps_probability_resampling():
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    from workflow_scripts.resampling import lean_configuration
+    from workflow_scripts.nnunet.resampling import lean_configuration
 
     conf = {"data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
             "patch_size": [24, 48, 56], "median_image_size_in_voxels": [20, 40, 50], "spacing": [4.0, 2.75, 2.75],
@@ -59,7 +59,7 @@ def test_duplicated_tiles_give_the_same_logits():
     tile's logits do not change beyond float rounding."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    from workflow_scripts.predict import _predictor_class
+    from workflow_scripts.nnunet.predict import _predictor_class
 
     torch.manual_seed(0)
     net = PlainConvUNet(1, 4, [8, 16, 32, 64], torch.nn.Conv3d, 3, [1, 2, 2, [1, 2, 2]], 2, 2, 2, conv_bias=True,
@@ -84,7 +84,7 @@ def test_duplicated_tiles_give_the_same_logits():
 def test_which_networks_duplicate_tiles(features, patch, device, expected):
     from types import SimpleNamespace
 
-    from workflow_scripts.predict import duplicate_tiles
+    from workflow_scripts.nnunet.predict import duplicate_tiles
 
     conf = SimpleNamespace(network_arch_init_kwargs={"features_per_stage": features}, patch_size=patch)
     assert duplicate_tiles(conf, torch.device(device)) is expected

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 from dicom_series import write_series
 from helpers import REPO, job_counts, snakemake
-from workflow_scripts import dicom, segment
+from workflow_scripts.deployment import dicom
+from workflow_scripts.deployment import segment
 
 MODELS = ["nnunet", "pansegnet"]
 
@@ -155,7 +156,7 @@ def test_command_exit_status_and_progress(tiny_study, scan_folder, tmp_path):
     scans.mkdir()
     shutil.copy(scan_folder / "NYU_0001_0000.nii.gz", scans)
     shutil.copy(scan_folder / "broken.nii.gz", scans)
-    cmd = [sys.executable, "-m", "workflow_scripts.segment", "--bundle", str(bundle_file(tiny_study, "nnunet")),
+    cmd = [sys.executable, "-m", "workflow_scripts.deployment.segment", "--bundle", str(bundle_file(tiny_study, "nnunet")),
            "--input", str(scans), "--out", str(tmp_path / "out"), "--threads", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

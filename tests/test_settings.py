@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.errors import InputError
-from workflow_scripts.settings import cv_label, migrate_setting, normalise_settings, order_settings
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.evaluation.settings import cv_label, migrate_setting, normalise_settings, order_settings
 
 
 def test_migration_of_old_values():

@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from workflow_scripts.errors import InputError
-from workflow_scripts.sources.archive import safe_extract
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.common.safe_archive import safe_extract
 
 
 def make_zip(path, entries, links=None):

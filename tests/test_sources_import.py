@@ -11,10 +11,10 @@ import SimpleITK as sitk
 from conftest import write_nifti
 from fake_osf import StaticServer
 from source_data import SHAPE, case_pair, decathlon_tree, panseg_tree, tar_folder
-from workflow_scripts.errors import InputError
-from workflow_scripts.prepare import load_participants, prepare_center
-from workflow_scripts.sources import local, url
-from workflow_scripts.sources.download import DownloadError
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.data.prepare import load_participants, prepare_center
+from workflow_scripts.data.sources import local, url
+from workflow_scripts.data.sources.download import DownloadError
 
 TAR = "/Task07_Pancreas.tar"
 

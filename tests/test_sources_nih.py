@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import blob, write_nifti
-from workflow_scripts.errors import InputError
-from workflow_scripts.sources import local, nih
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.data.sources import local, nih
 
 SHAPE = (5, 8, 8)
 

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 from source_data import osf_settings, osf_study, study_server  # noqa: F401 (fixture)
-from workflow_scripts.errors import InputError
-from workflow_scripts.prepare import prepare_center
-from workflow_scripts.sources import osf
-from workflow_scripts.sources.download import DownloadError
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.data.prepare import prepare_center
+from workflow_scripts.data.sources import osf
+from workflow_scripts.data.sources.download import DownloadError
 
 T1 = "/Pancreas_MRI_Dataset/t1.zip"
 

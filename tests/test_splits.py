@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from workflow_scripts.splits import check_grouping, make_folds, to_nnunet_splits
+from workflow_scripts.data.splits import check_grouping, make_folds, to_nnunet_splits
 
 
 def cases(n_participants=30, centers=("A", "B", "C")):

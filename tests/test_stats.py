@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sstats
 
-from workflow_scripts import stats
-from workflow_scripts.errors import InputError
-from workflow_scripts.stats import (Options, _agreement_from_sums, bland_altman, compare, comparison_specs,
+from workflow_scripts.evaluation import stats
+from workflow_scripts.common.errors import InputError
+from workflow_scripts.evaluation.stats import (Options, _agreement_from_sums, bland_altman, compare, comparison_specs,
                                     failure_table, holm, icc_a1, icc_pingouin, mcnemar_exact, paired_tests,
                                     proportional_bias, read_metrics, regression_limits, volume_agreement, volume_table)
 

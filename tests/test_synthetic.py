@@ -5,9 +5,9 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
-from workflow_scripts.synthetic import (PARTICIPANT_REGEX, RATER_FOLDERS, annotated_cases, generate,
+from workflow_scripts.data.synthetic import (PARTICIPANT_REGEX, RATER_FOLDERS, annotated_cases, generate,
                                         perturb_boundary, plan_scans)
-from workflow_scripts.prepare import load_participants
+from workflow_scripts.data.prepare import load_participants
 
 
 def arrays(root, case, folder="t1"):

@@ -4,7 +4,7 @@ A lab may be weeks into training when it pulls a new version. Snakemake re-runs 
 recorded code, params or input set changed, so:
 - the training rules are frozen: their shell command, param names and input names are compared
   with tests/data/frozen_training_rules.json (change them only together with an upgrade path in
-  workflow_scripts/upgrade.py, and say so in the release notes);
+  workflow_scripts/common/upgrade.py, and say so in the release notes);
 - a complete run made with an earlier landed version (BASELINE) and then this checkout: the dry
   run plans no training job; a changed budget still re-trains.
 
@@ -43,14 +43,14 @@ def test_training_rules_are_frozen():
         got = {k: rules[name][k] for k in want}
         assert got == want, (
             f"rule {name} changed: Snakemake would re-train every finished fold of every lab that upgrades. "
-            f"Keep the rule as in {FROZEN.name}, or add an upgrade path (workflow_scripts/upgrade.py) and a test")
+            f"Keep the rule as in {FROZEN.name}, or add an upgrade path (workflow_scripts/common/upgrade.py) and a test")
 
 
 def test_adoption_rewrites_only_matching_legacy_records(tmp_path, monkeypatch):
-    """Unit test of workflow_scripts.upgrade on hand-made Snakemake records."""
+    """Unit test of workflow_scripts.common.upgrade on hand-made Snakemake records."""
     from snakemake.persistence import MetadataRecord
 
-    from workflow_scripts import upgrade
+    from workflow_scripts.common import upgrade
 
     monkeypatch.chdir(tmp_path)
     legacy = upgrade.legacy_train_params(dataset_id=7, trainer="m:T", configuration="3d_fullres", network_json="{}",

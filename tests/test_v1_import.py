@@ -15,10 +15,10 @@ import torch
 pytest.importorskip("nnunet", reason="nnU-Net v1 (PyPI nnunet 1.7.1, installed by `make install`)")
 
 import v1_models as V  # noqa: E402
-from workflow_scripts import bundle as B  # noqa: E402
-from workflow_scripts import v1_import  # noqa: E402
+from workflow_scripts.deployment import bundle as B  # noqa: E402
+from workflow_scripts.deployment import v1_import  # noqa: E402
 from workflow_scripts.models.efficient_attention import BottleneckTransformer, legacy_1d_position_code  # noqa: E402
-from workflow_scripts.predict import load_checkpoint  # noqa: E402
+from workflow_scripts.nnunet.predict import load_checkpoint  # noqa: E402
 
 torch.set_num_threads(1)
 PLANS = {"isotropic": V.ISOTROPIC, "anisotropic": V.ANISOTROPIC}

@@ -22,8 +22,10 @@ pytest.importorskip("nnunet", reason="nnU-Net v1 (PyPI nnunet 1.7.1, installed b
 import v1_models as V  # noqa: E402
 from dicom_series import write_series  # noqa: E402
 from helpers import REPO  # noqa: E402
-from workflow_scripts import bundle as B  # noqa: E402
-from workflow_scripts import bundle_predict, segment, v1_import  # noqa: E402
+from workflow_scripts.deployment import bundle as B  # noqa: E402
+from workflow_scripts.deployment import bundle_predict  # noqa: E402
+from workflow_scripts.deployment import segment
+from workflow_scripts.deployment import v1_import
 
 torch.set_num_threads(1)
 PATCH = [12, 32, 32]  # in the plans' (transposed) axis order

@@ -325,7 +325,7 @@ def test_interrupted_training_resumes(run_dir, tmp_path):
     import sys
     import time
 
-    from workflow_scripts import recipe
+    from workflow_scripts.nnunet import recipe
 
     plan = {"planner": "ExperimentPlanner", "target_spacing": [4.0, 3.0, 3.0],
             "configurations": {"3d_fullres": {"features_per_stage": [4, 8, 16], "batch_size": 2}}}
@@ -336,7 +336,7 @@ def test_interrupted_training_resumes(run_dir, tmp_path):
                                          "save_every": 1, "optimizer": "adamw", "initial_lr": 0.003, "seed": 1},
                                cases="-")
     fold = tmp_path / "res" / "Dataset901_T1" / "NnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0"
-    args = [sys.executable, "-m", "workflow_scripts.train", "--recipe", recipe.dumps(r), "--preprocessed-root",
+    args = [sys.executable, "-m", "workflow_scripts.nnunet.train", "--recipe", recipe.dumps(r), "--preprocessed-root",
             str(run_dir / "data" / "nnunet_preprocessed" / "T1"), "--checkpoint", str(fold / "checkpoint_final.pth"),
             "--splits", str(run_dir / "data" / "splits" / "T1.json"), "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -363,7 +363,7 @@ def test_bundles_segment_like_the_workflow(run_dir, tmp_path, model):
     workflow's ensemble mask."""
     import shutil
 
-    from workflow_scripts import segment
+    from workflow_scripts.deployment import segment
 
     m = pd.read_csv(run_dir / "data" / "manifest.tsv", sep="\t").set_index("case_id")
     scans = tmp_path / "scans"

@@ -1,5 +1,5 @@
 """nnU-Net v1 trained-model folders made by the tests: plans as v1's planner writes them, networks from
-the real v1 code (PyPI nnunet 1.7.1) and a naive PanSegNet v1 written here from FACTS §9's key list,
+the real v1 code (PyPI nnunet 1.7.1) and a naive PanSegNet v1 written here from docs/facts.md §9's key list,
 tiny trainings, and the folder layout (fold_<k>/model_final_checkpoint.model + .model.pkl)."""
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class NaiveTransformer(nn.Module):
 
 
 class NaiveSelfAtten(nn.Module):
-    """The released SelfAtten3DBlock's keys (FACTS §9): linear_proj, pos_encode.pe, transformer.layers.*,
+    """The released SelfAtten3DBlock's keys (docs/facts.md §9): linear_proj, pos_encode.pe, transformer.layers.*,
     linear_back_proj; applied to the bottleneck, replacing it."""
 
     def __init__(self, channels, tokens, d_model=16, heads=8, ff=16, n=2):

@@ -2,7 +2,7 @@
 
 nnU-Net v2 gives decoder stage s the kernel of the encoder stage it merges with; nnU-Net v1's
 Generic_UNet gave it the kernel of the stage below. With an anisotropic first stage ([1, 3, 3]) the
-two differ, so a network imported from v1 (``workflow_scripts.v1_import``) names its decoder kernels
+two differ, so a network imported from v1 (``workflow_scripts.deployment.v1_import``) names its decoder kernels
 in the plans (configuration key ``panseg_decoder_kernel_sizes``, lowest resolution first) and the
 trainers rebuild those decoder stages with them.
 """

@@ -13,7 +13,7 @@ a token's code depends only on where it sits, so any patch size, sliding-window 
 volume works, and the code of a position is the same for every input size.
 
 ``positional_encoding="legacy_1d"`` reproduces the released code instead, for weights imported from
-it (``workflow_scripts.v1_import``): one interleaved sin/cos sinusoid over the flattened tokens, of a
+it (``workflow_scripts.deployment.v1_import``): one interleaved sin/cos sinusoid over the flattened tokens, of a
 fixed length (the training patch's bottleneck), held as a buffer; any other token count is refused.
 """
 

@@ -1,0 +1,1 @@
+"""Evaluation: per-case metrics, the evaluation job, settings, bootstrap, mixed models, statistics, agreement."""
