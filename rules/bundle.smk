@@ -13,7 +13,7 @@ rule export_bundle:
     input:
         checkpoints=fold_checkpoints,
     output:
-        bundle_path("{modality}", "{model}"),
+        path("bundle"),
     log:
         f"{RESULTS}/logs/bundle/{{modality}}/{{model}}.log",
     benchmark:
@@ -39,7 +39,7 @@ rule import_v1:
     input:
         v1_import_files,
     output:
-        f"{RESULTS}/imported/{{v1_import}}.tar",
+        path("imported"),
     log:
         f"{RESULTS}/logs/imported/{{v1_import}}.log",
     benchmark:

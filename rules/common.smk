@@ -24,6 +24,47 @@ MODELS = list(config["models"])
 FOLDS = list(range(config["folds"]))
 
 
+# ---- paths of rule outputs: each defined once --------------------------------------------------
+# A rule's output: and the input functions that need its files both take the path from here:
+# path(name) is the pattern with its {wildcards} (for output:); path(name, modality="T1", ...)
+# fills some or all of them in. Renaming a folder is a one-line change here.
+PATHS = {
+    "raw": f"{DATA}/raw/{{source}}",
+    "center_table": f"{DATA}/prepared/{{modality}}/{{center}}.tsv",
+    "center_excluded": f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv",
+    "manifest": f"{DATA}/manifest.tsv",
+    "excluded": f"{DATA}/excluded.tsv",
+    "nnunet_raw": f"{DATA}/nnunet_raw/{{modality}}",
+    "nnunet_raw_loco": f"{DATA}/nnunet_raw_loco/{{modality}}/{{center}}",
+    "preprocessed": f"{DATA}/nnunet_preprocessed/{{modality}}",
+    "preprocessed_loco": f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}",
+    "splits_json": f"{DATA}/splits/{{modality}}.json",
+    "splits_tsv": f"{DATA}/splits/{{modality}}.tsv",
+    # nnU-Net's own layout: <model root>/<run>/fold_<k>, run = Dataset<ID>_<M>/<Trainer>__<plans>__<configuration>
+    "model_root": f"{RESULTS}/{{modality}}/{{model}}",
+    "loco_model_root": f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}",
+    "fold": f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}",
+    "loco_fold": f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}/{{run}}/fold_all",
+    "oof": f"{RESULTS}/{{modality}}/{{model}}/oof/fold_{{fold}}",
+    # kind: cv_masks, ensemble_masks, loco_masks, released_masks, prompted_masks (masks_kind)
+    "masks": f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/{{kind}}",
+    "metrics": f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/metrics.tsv",
+    "loco_metrics": f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_metrics.tsv",
+    "bundle": f"{RESULTS}/{{modality}}/{{model}}/bundle/panseg_{{modality}}_{{model}}.tar",
+    "imported": f"{RESULTS}/imported/{{v1_import}}.tar",
+    "segment": f"{RESULTS}/segment/{{segment_job}}",
+    "stats": f"{RESULTS}/stats/{{modality}}/{{name}}.tsv",
+    "table": f"{RESULTS}/tables/{{name}}.{{ext}}",
+    "per_case": f"{RESULTS}/tables/per_case.tsv",
+    "versions": f"{RESULTS}/versions.{{ext}}",
+}
+
+
+def path(key, /, **values):
+    """PATHS[key] with the given {wildcards} filled in; the others stay wildcards."""
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), PATHS[key])
+
+
 def model_kind(model):
     """'trainable', 'released' (published weights as bundles) or 'prompted' (SAM/MedSAM)."""
     return model_catalog.model_kind(MODEL_CATALOG[model])
@@ -261,27 +302,33 @@ PLANS = recipes.plans_name(config["plan"]["planner"], config["plan"].get("plans_
 def model_root(modality, model, held_out=None):
     """nnUNet_results of one model: results/<modality>/<model> (k-fold CV), or
     results/<modality>/<model>/loco/<center> (the model trained without `held_out`)."""
-    root = Path(RESULTS, modality, model)
-    return str(root / "loco" / held_out) if held_out else str(root)
+    if held_out:
+        return path("loco_model_root", modality=modality, model=model, center=held_out)
+    return path("model_root", modality=modality, model=model)
 
 
-def run_dir(modality, model, held_out=None):
-    """nnU-Net's trained-model folder: <root>/Dataset<ID>_<M>/<Trainer>__<plans>__<configuration>."""
+def run_name(modality, model):
+    """The {run} of a trained model: Dataset<ID>_<M>/<Trainer>__<plans>__<configuration> (nnU-Net's layout)."""
     m = model_conf(model)
     if model_kind(model) != "trainable":
         raise ValueError(f"model {model} is a {model_kind(model)} model: it has no training folds")
     trainer_class = m["trainer"].partition(":")[2]
-    return f"{model_root(modality, model, held_out)}/{nnunet_dataset(modality)}/{trainer_class}__{PLANS}__{m['configuration']}"
+    return f"{nnunet_dataset(modality)}/{trainer_class}__{PLANS}__{m['configuration']}"
+
+
+def run_dir(modality, model, held_out=None):
+    """nnU-Net's trained-model folder: <model root>/<run>."""
+    return f"{model_root(modality, model, held_out)}/{run_name(modality, model)}"
 
 
 def fold_dir(modality, model, fold):
     """One cross-validation fold's folder (nnU-Net's own layout)."""
-    return f"{run_dir(modality, model)}/fold_{fold}"
+    return path("fold", modality=modality, model=model, run=run_name(modality, model), fold=fold)
 
 
 def loco_dir(modality, model, center):
     """The held-out-center model's folder: trained on all training centers but `center` (nnU-Net's fold 'all')."""
-    return f"{run_dir(modality, model, center)}/fold_all"
+    return path("loco_fold", modality=modality, model=model, center=center, run=run_name(modality, model))
 
 
 def res(rule_name, key):
@@ -349,21 +396,20 @@ def loco_training_recipe(wildcards):
     return training_recipe(wildcards.modality, wildcards.model, held_out=wildcards.center)
 
 
-# ---- paths of rule outputs -------------------------------------------------------------
 def raw_dir(modality, center=None):
-    return f"{DATA}/raw/{center_source(modality, center)}"
+    return path("raw", source=center_source(modality, center))
 
 
 def center_table(modality, center):
-    return f"{DATA}/prepared/{modality}/{center}.tsv"
+    return path("center_table", modality=modality, center=center)
 
 
 def manifest_file():
-    return f"{DATA}/manifest.tsv"
+    return path("manifest")
 
 
 def summary_tables():
-    return [f"{RESULTS}/tables/summary.csv", f"{RESULTS}/tables/summary.md"]
+    return [path("table", name="summary", ext=ext) for ext in ("csv", "md")]
 
 
 # ---- statistics, figures, paper tables, provenance -------------------------------------
@@ -378,7 +424,7 @@ STATS_TABLES = ["comparisons", "cross_setting", "failures", "volume", "descripti
 
 def stats_file(modality, name):
     """name: one of STATS_TABLES, or agreement."""
-    return f"{RESULTS}/stats/{modality}/{name}.tsv"
+    return path("stats", modality=modality, name=name)
 
 
 def stats_options():
@@ -392,7 +438,7 @@ def stats_options():
 
 
 def paper_table(name, ext):
-    return f"{RESULTS}/tables/{name}.{ext}"
+    return path("table", name=name, ext=ext)
 
 
 PAPER_TABLES = [
@@ -438,7 +484,7 @@ def figures_all():
 
 
 def versions_files():
-    return [f"{RESULTS}/versions.yml", f"{RESULTS}/versions.html"]
+    return [path("versions", ext=ext) for ext in ("yml", "html")]
 
 
 def figure_output(stem, caption, label, category="{modality}", subcategory="Figures"):
@@ -510,7 +556,7 @@ def loco_checkpoint(wildcards):
 
 def oof_dir(modality, model, fold):
     """Out-of-fold masks of one fold: the cases it held out, predicted by its own checkpoint."""
-    return f"{RESULTS}/{modality}/{model}/oof/fold_{fold}"
+    return path("oof", modality=modality, model=model, fold=fold)
 
 
 def fold_oof_dirs(wildcards):
@@ -527,7 +573,7 @@ def masks_kind(modality, model, center):
 
 def center_masks(wildcards):
     kind = masks_kind(wildcards.modality, wildcards.model, wildcards.center)
-    return f"{RESULTS}/{wildcards.modality}/{wildcards.model}/centers/{wildcards.center}/{kind}"
+    return path("masks", modality=wildcards.modality, model=wildcards.model, center=wildcards.center, kind=kind)
 
 
 LOCO_MODELS = list(config["loco_models"]) or trainable_models()
@@ -561,10 +607,10 @@ def metrics_of_modality(m):
     """Every per-case metrics table of one modality, whatever its setting: cv/external
     (centers/<c>/metrics.tsv of every model of the modality: trainable ones, and released and prompted
     models, whose rows carry their own setting) and loco (centers/<c>/loco_metrics.tsv)."""
-    files = [f"{RESULTS}/{m}/{model}/centers/{c}/metrics.tsv" for model in models_for(m) for c in centers(m)]
+    files = [path("metrics", modality=m, model=model, center=c) for model in models_for(m) for c in centers(m)]
     if m in loco_modalities():
         files += [
-            f"{RESULTS}/{m}/{model}/centers/{c}/loco_metrics.tsv"
+            path("loco_metrics", modality=m, model=model, center=c)
             for model in LOCO_MODELS
             for c in centers(m, "train-cv")
         ]
@@ -584,7 +630,7 @@ def metrics_all(wildcards=None):
 def model_metrics(wildcards):
     """Per-center metrics of one modality x model."""
     m = wildcards.modality
-    return [f"{RESULTS}/{m}/{wildcards.model}/centers/{c}/metrics.tsv" for c in centers(m)]
+    return [path("metrics", modality=m, model=wildcards.model, center=c) for c in centers(m)]
 
 
 def modality_center_tables(wildcards):
@@ -593,7 +639,8 @@ def modality_center_tables(wildcards):
 
 def model_mask_dirs(wildcards):
     m = wildcards.modality
-    return [f"{RESULTS}/{m}/{wildcards.model}/centers/{c}/{masks_kind(m, wildcards.model, c)}" for c in centers(m)]
+    model = wildcards.model
+    return [path("masks", modality=m, model=model, center=c, kind=masks_kind(m, model, c)) for c in centers(m)]
 
 
 def fold_curves(wildcards):
@@ -781,7 +828,7 @@ SEGMENT_JOBS = config["segment"]
 
 
 def bundle_path(modality, model):
-    return f"{RESULTS}/{modality}/{model}/bundle/panseg_{modality}_{model}.tar"
+    return path("bundle", modality=modality, model=model)
 
 
 def all_bundles():
@@ -795,7 +842,7 @@ def segment_job_regex():
 
 
 def segment_outputs():
-    return [f"{RESULTS}/segment/{name}" for name in sorted(SEGMENT_JOBS)]
+    return [path("segment", segment_job=name) for name in sorted(SEGMENT_JOBS)]
 
 
 def segment_bundle(wildcards):
@@ -824,7 +871,7 @@ V1_IMPORTS = config["v1_imports"]
 
 
 def imported_bundle_path(name):
-    return f"{RESULTS}/imported/{name}.tar"
+    return path("imported", v1_import=name)
 
 
 def imported_bundles():
@@ -921,7 +968,7 @@ def adopt_legacy_training():
                         ],
                         code=rules.train.rule.shellcmd,
                         params=[repr(training_recipe(m, model, fold=fold, direct=True))],
-                        input=[f"{DATA}/nnunet_preprocessed/{m}", f"{DATA}/splits/{m}.json", *scans],
+                        input=[path("preprocessed", modality=m), path("splits_json", modality=m), *scans],
                         legacy_params=legacy,
                     )
                 )

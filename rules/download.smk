@@ -17,7 +17,7 @@ localrules:
 checkpoint synthetic_source:
     """The embedded SYNTHETIC demo study (no patient data; labelled synthetic everywhere)."""
     output:
-        directory(f"{DATA}/raw/{{source}}"),
+        directory(path("raw")),
     log:
         f"{DATA}/logs/source_{{source}}.log",
     wildcard_constraints:
@@ -41,7 +41,7 @@ checkpoint synthetic_source:
 checkpoint osf_source:
     """Files of an OSF node (PanSegData: t1.zip, t2.zip, name mappings, LICENSE.txt), verified and extracted."""
     output:
-        directory(f"{DATA}/raw/{{source}}"),
+        directory(path("raw")),
     log:
         f"{DATA}/logs/source_{{source}}.log",
     wildcard_constraints:
@@ -59,7 +59,7 @@ checkpoint osf_source:
 checkpoint url_source:
     """One archive with a pinned checksum (e.g. the Decathlon's Task07_Pancreas.tar), imported."""
     output:
-        directory(f"{DATA}/raw/{{source}}"),
+        directory(path("raw")),
     log:
         f"{DATA}/logs/source_{{source}}.log",
     wildcard_constraints:
@@ -82,7 +82,7 @@ checkpoint local_source:
     input:
         local_source_files,
     output:
-        directory(f"{DATA}/raw/{{source}}"),
+        directory(path("raw")),
     log:
         f"{DATA}/logs/source_{{source}}.log",
     wildcard_constraints:

@@ -7,7 +7,7 @@ rule evaluate_center:
         masks=center_masks,
         labels=center_label_files,
     output:
-        f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/metrics.tsv",
+        path("metrics"),
     log:
         f"{RESULTS}/logs/evaluate/{{modality}}/{{model}}/{{center}}.log",
     conda:
@@ -30,10 +30,10 @@ rule evaluate_center:
 use rule evaluate_center as evaluate_loco with:
     input:
         cases=center_cases,
-        masks=f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_masks",
+        masks=path("masks", kind="loco_masks"),
         labels=center_label_files,
     output:
-        f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_metrics.tsv",
+        path("loco_metrics"),
     log:
         f"{RESULTS}/logs/evaluate_loco/{{modality}}/{{model}}/{{center}}.log",
     params:

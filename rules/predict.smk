@@ -17,10 +17,10 @@ rule predict_oof:
     """The cases fold {fold} held out, segmented by that fold's checkpoint (its out-of-fold predictions)."""
     input:
         checkpoint=fold_checkpoint,
-        splits=ancient(f"{DATA}/splits/{{modality}}.json"),
+        splits=ancient(path("splits_json")),
         cases=ancient_train_center_tables,
     output:
-        directory(f"{RESULTS}/{{modality}}/{{model}}/oof/fold_{{fold}}"),
+        directory(path("oof")),
     log:
         f"{RESULTS}/logs/predict_oof/{{modality}}/{{model}}/fold_{{fold}}.log",
     benchmark:
@@ -52,7 +52,7 @@ rule collect_cv_masks:
         cases=center_cases,
         oof=fold_oof_dirs,
     output:
-        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/cv_masks"),
+        directory(path("masks", kind="cv_masks")),
     log:
         f"{RESULTS}/logs/collect_cv_masks/{{modality}}/{{model}}/{{center}}.log",
     conda:
@@ -69,7 +69,7 @@ rule predict_external:
         images=center_image_files,
         checkpoints=fold_checkpoints,
     output:
-        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/ensemble_masks"),
+        directory(path("masks", kind="ensemble_masks")),
     log:
         f"{RESULTS}/logs/predict/{{modality}}/{{model}}/{{center}}.log",
     benchmark:
@@ -100,7 +100,7 @@ use rule predict_external as predict_loco with:
         images=center_image_files,
         checkpoints=loco_checkpoint,
     output:
-        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/loco_masks"),
+        directory(path("masks", kind="loco_masks")),
     log:
         f"{RESULTS}/logs/predict_loco/{{modality}}/{{model}}/{{center}}.log",
     benchmark:
@@ -123,7 +123,7 @@ rule predict_released:
         images=center_image_files,
         bundle=released_bundle,
     output:
-        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/released_masks"),
+        directory(path("masks", kind="released_masks")),
     log:
         f"{RESULTS}/logs/predict_released/{{modality}}/{{model}}/{{center}}.log",
     benchmark:
@@ -153,7 +153,7 @@ rule predict_prompted:
         labels=center_label_files,
         checkpoint=prompt_checkpoint,
     output:
-        directory(f"{RESULTS}/{{modality}}/{{model}}/centers/{{center}}/prompted_masks"),
+        directory(path("masks", kind="prompted_masks")),
     log:
         f"{RESULTS}/logs/predict_prompted/{{modality}}/{{model}}/{{center}}.log",
     benchmark:

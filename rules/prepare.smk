@@ -19,8 +19,8 @@ checkpoint prepare_center:
         raw=raw_for_center,
         files=center_source_files,
     output:
-        cases=update(f"{DATA}/prepared/{{modality}}/{{center}}.tsv"),
-        excluded=update(f"{DATA}/prepared/{{modality}}/{{center}}.excluded.tsv"),
+        cases=update(path("center_table")),
+        excluded=update(path("center_excluded")),
     log:
         f"{DATA}/logs/prepare_{{modality}}_{{center}}.log",
     conda:
@@ -51,7 +51,7 @@ rule manifest:
         all_center_tables,
     output:
         manifest=manifest_file(),
-        excluded=f"{DATA}/excluded.tsv",
+        excluded=path("excluded"),
     log:
         f"{DATA}/logs/manifest.log",
     conda:
@@ -67,7 +67,7 @@ rule nnunet_raw:
         tables=train_center_tables,
         files=train_center_files,
     output:
-        directory(f"{DATA}/nnunet_raw/{{modality}}"),
+        directory(path("nnunet_raw")),
     log:
         f"{DATA}/logs/nnunet_raw_{{modality}}.log",
     conda:
@@ -86,8 +86,8 @@ checkpoint split:
     input:
         train_center_tables,
     output:
-        json=update(f"{DATA}/splits/{{modality}}.json"),
-        tsv=update(f"{DATA}/splits/{{modality}}.tsv"),
+        json=update(path("splits_json")),
+        tsv=update(path("splits_tsv")),
     log:
         f"{DATA}/logs/split_{{modality}}.log",
     conda:
@@ -105,6 +105,6 @@ use rule nnunet_raw as nnunet_raw_loco with:
         tables=loco_train_center_tables,
         files=loco_train_files,
     output:
-        directory(f"{DATA}/nnunet_raw_loco/{{modality}}/{{center}}"),
+        directory(path("nnunet_raw_loco")),
     log:
         f"{DATA}/logs/nnunet_raw_loco_{{modality}}_{{center}}.log",

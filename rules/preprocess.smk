@@ -7,9 +7,9 @@
 
 checkpoint preprocess:
     input:
-        f"{DATA}/nnunet_raw/{{modality}}",
+        path("nnunet_raw"),
     output:
-        update(directory(f"{DATA}/nnunet_preprocessed/{{modality}}")),
+        update(directory(path("preprocessed"))),
     log:
         f"{DATA}/logs/preprocess_{{modality}}.log",
     benchmark:
@@ -36,9 +36,9 @@ checkpoint preprocess:
 
 use rule preprocess as preprocess_loco with:
     input:
-        f"{DATA}/nnunet_raw_loco/{{modality}}/{{center}}",
+        path("nnunet_raw_loco"),
     output:
-        update(directory(f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}")),
+        update(directory(path("preprocessed_loco"))),
     log:
         f"{DATA}/logs/preprocess_loco_{{modality}}_{{center}}.log",
     benchmark:

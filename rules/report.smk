@@ -148,8 +148,8 @@ rule paper_tables:
 rule versions:
     """Software versions, PyTorch/CUDA, git commit and the config's sha256 (re-run on a new commit or config)."""
     output:
-        yml=report(f"{RESULTS}/versions.yml", caption="../report/versions.rst", category="Provenance"),
-        html=report(f"{RESULTS}/versions.html", caption="../report/versions.rst", category="Provenance"),
+        yml=report(path("versions", ext="yml"), caption="../report/versions.rst", category="Provenance"),
+        html=report(path("versions", ext="html"), caption="../report/versions.rst", category="Provenance"),
     log:
         f"{RESULTS}/logs/versions.log",
     conda:

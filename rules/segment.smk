@@ -11,7 +11,7 @@ rule segment_folder:
         bundle=segment_bundle,
         scans=segment_input,
     output:
-        directory(f"{RESULTS}/segment/{{segment_job}}"),
+        directory(path("segment")),
     log:
         f"{RESULTS}/logs/segment/{{segment_job}}.log",
     benchmark:

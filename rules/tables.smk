@@ -9,9 +9,9 @@ rule tables:
     input:
         metrics=metrics_all,
     output:
-        per_case=f"{RESULTS}/tables/per_case.tsv",
-        csv=f"{RESULTS}/tables/summary.csv",
-        md=f"{RESULTS}/tables/summary.md",
+        per_case=path("per_case"),
+        csv=path("table", name="summary", ext="csv"),
+        md=path("table", name="summary", ext="md"),
     log:
         f"{RESULTS}/logs/tables.log",
     conda:

@@ -13,13 +13,13 @@
 
 rule train:
     input:
-        preprocessed=ancient(f"{DATA}/nnunet_preprocessed/{{modality}}"),
-        splits=ancient(f"{DATA}/splits/{{modality}}.json"),
+        preprocessed=ancient(path("preprocessed")),
+        splits=ancient(path("splits_json")),
         scans=train_center_files,
     output:
-        checkpoint=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/checkpoint_final.pth",
-        info=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/train_info.json",
-        curve=f"{RESULTS}/{{modality}}/{{model}}/{{run}}/fold_{{fold}}/training_curve.tsv",
+        checkpoint=path("fold") + "/checkpoint_final.pth",
+        info=path("fold") + "/train_info.json",
+        curve=path("fold") + "/training_curve.tsv",
     log:
         f"{RESULTS}/logs/train/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.log",
     benchmark:
@@ -46,9 +46,9 @@ rule train_loco:
         preprocessed=ancient(f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}"),
         scans=loco_train_files,
     output:
-        checkpoint=f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}/{{run}}/fold_all/checkpoint_final.pth",
-        info=f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}/{{run}}/fold_all/train_info.json",
-        curve=f"{RESULTS}/{{modality}}/{{model}}/loco/{{center}}/{{run}}/fold_all/training_curve.tsv",
+        checkpoint=path("loco_fold") + "/checkpoint_final.pth",
+        info=path("loco_fold") + "/train_info.json",
+        curve=path("loco_fold") + "/training_curve.tsv",
     log:
         f"{RESULTS}/logs/train_loco/{{modality}}/{{model}}/{{center}}/{{run}}.log",
     benchmark:
