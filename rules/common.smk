@@ -24,7 +24,7 @@ MODELS = list(config["models"])
 FOLDS = list(range(config["folds"]))
 
 
-# ---- paths of rule outputs: each defined once --------------------------------------------------
+# ---- paths of the outputs of rules, each defined once -----------------------------------------
 # A rule's output: and the input functions that need its files both take the path from here:
 # path(name) is the pattern with its {wildcards} (for output:); path(name, modality="T1", ...)
 # fills some or all of them in. Renaming a folder is a one-line change here.
@@ -58,6 +58,9 @@ PATHS = {
     "per_case": f"{RESULTS}/tables/per_case.tsv",
     "versions": f"{RESULTS}/versions.{{ext}}",
 }
+# A file in a fold's folder (the training rules' outputs).
+PATHS["fold_file"] = PATHS["fold"] + "/{file}"
+PATHS["loco_fold_file"] = PATHS["loco_fold"] + "/{file}"
 
 
 def path(key, /, **values):

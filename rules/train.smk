@@ -17,9 +17,9 @@ rule train:
         splits=ancient(path("splits_json")),
         scans=train_center_files,
     output:
-        checkpoint=path("fold") + "/checkpoint_final.pth",
-        info=path("fold") + "/train_info.json",
-        curve=path("fold") + "/training_curve.tsv",
+        checkpoint=path("fold_file", file="checkpoint_final.pth"),
+        info=path("fold_file", file="train_info.json"),
+        curve=path("fold_file", file="training_curve.tsv"),
     log:
         f"{RESULTS}/logs/train/{{modality}}/{{model}}/{{run}}/fold_{{fold}}.log",
     benchmark:
@@ -46,9 +46,9 @@ rule train_loco:
         preprocessed=ancient(f"{DATA}/nnunet_preprocessed_loco/{{modality}}/{{center}}"),
         scans=loco_train_files,
     output:
-        checkpoint=path("loco_fold") + "/checkpoint_final.pth",
-        info=path("loco_fold") + "/train_info.json",
-        curve=path("loco_fold") + "/training_curve.tsv",
+        checkpoint=path("loco_fold_file", file="checkpoint_final.pth"),
+        info=path("loco_fold_file", file="train_info.json"),
+        curve=path("loco_fold_file", file="training_curve.tsv"),
     log:
         f"{RESULTS}/logs/train_loco/{{modality}}/{{model}}/{{center}}/{{run}}.log",
     benchmark:
