@@ -11,7 +11,7 @@ SAM_STAMP := $(SAM_VENV)/.installed
 CORES ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint install sam-env clean-demo lock
+.PHONY: demo test test-unit lint install sam-env clean-demo lock
 
 install: $(STAMP)
 
@@ -40,9 +40,17 @@ test: $(STAMP) $(SAM_STAMP)
 	$(BIN)/pytest -q
 	$(abspath $(SAM_VENV))/bin/pytest -q tests/test_prompted.py
 
+# The quick tier: everything but the workflow and SLURM tests (under two minutes)
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -m unit
+
+# Rules (Snakemake's linter, snakefmt) and the package's layers (import-linter's contract in
+# pyproject.toml; no module imports another's _private name: tests/test_architecture.py)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_architecture.py
 
 lock: $(STAMP)
 	(echo "# Full pin set for a reproducible install (pip constraints). Regenerate: make lock"; \

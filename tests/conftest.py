@@ -30,6 +30,20 @@ def blob(shape=(8, 12, 12), centre=(4, 6, 6), radius=3):
     return (((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) <= radius**2).astype(np.uint8)
 
 
+# Fixtures that run the workflow end to end: a test using one is a `workflow` test (minutes).
+WORKFLOW_FIXTURES = {"tiny_study"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: `workflow` (Snakemake end to end, nnU-Net training) and `slurm` are marked in their
+    modules or found here by the fixtures they use; everything else is `unit` (make test-unit)."""
+    for item in items:
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.workflow)
+        if not any(item.iter_markers(name) for name in ("workflow", "slurm")):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(autouse=True)
 def restore_locale():
     """SimpleITK's DICOM code (GDCM) can switch the process's C locale to "C", after which Python
