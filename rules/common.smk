@@ -1,4 +1,7 @@
 # Helpers shared by all rule files (config views, paths, input functions).
+# Shell commands quote every value with Snakemake's `:q`. The exceptions are params that hold a
+# ready-made, already quoted piece of command line (built here with shlex: `options`, `mapping`,
+# `spacing`, `bundle`, `settings`), which may be empty or several words; they go in as they are.
 import json
 import re
 import shlex

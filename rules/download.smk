@@ -53,7 +53,7 @@ checkpoint osf_source:
         downloads=download_cache,
     shell:
         "python -m workflow_scripts.sources.osf --name {wildcards.source:q} --out {output:q} "
-        "--downloads {params.downloads:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "--downloads {params.downloads:q} --settings {params.settings} > {log:q} 2>&1"
 
 
 checkpoint url_source:
@@ -71,7 +71,7 @@ checkpoint url_source:
         downloads=download_cache,
     shell:
         "python -m workflow_scripts.sources.url --name {wildcards.source:q} --out {output:q} "
-        "--downloads {params.downloads:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "--downloads {params.downloads:q} --settings {params.settings} > {log:q} 2>&1"
 
 
 checkpoint local_source:
@@ -97,4 +97,4 @@ checkpoint local_source:
         settings=source_settings,
     shell:
         "python -m workflow_scripts.sources.local --name {wildcards.source:q} --out {output:q} "
-        "--settings {params.settings:q} > {log:q} 2>&1"
+        "--settings {params.settings} > {log:q} 2>&1"

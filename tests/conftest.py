@@ -34,13 +34,14 @@ def blob(shape=(8, 12, 12), centre=(4, 6, 6), radius=3):
 WORKFLOW_FIXTURES = {"tiny_study"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
 def pytest_collection_modifyitems(config, items):
     """Tiers: `workflow` (Snakemake end to end, nnU-Net training) and `slurm` are marked in their
     modules or found here by the fixtures they use; everything else is `unit` (make test-unit)."""
     for item in items:
         if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.workflow)
-        if not any(item.iter_markers(name) for name in ("workflow", "slurm")):
+        if not any(item.get_closest_marker(name) for name in ("workflow", "slurm")):
             item.add_marker(pytest.mark.unit)
 
 

@@ -161,6 +161,7 @@ def test_schema_refuses_bad_prompt_keys(prompt, word):
     assert word in str(err.value)
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 def test_missing_checkpoint_stops_the_run_before_any_job(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny(lambda c: c.update(models=["nnunet", "pansegnet", "medsam"]))))

@@ -110,6 +110,7 @@ def test_default_profile_clash_is_detected(tmp_path):
     assert default_profile_clashes(tmp_path) == ["default-resources"]
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 def test_both_profiles_dry_run(tmp_path):
     """The profile pair parses and gives every cluster job its partition (no cluster needed)."""
     proc = snakemake("-n", "--profile", str(SHIPPED.parent), "--profile", str(TEST_PROFILE.parent), "--configfile",
@@ -118,6 +119,7 @@ def test_both_profiles_dry_run(tmp_path):
     assert "slurm_partition=panseg" in out and "FILL_IN" not in out
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 def test_unfilled_site_settings_stop_the_run(tmp_path):
     """The shipped placeholders stop the run before anything is submitted, naming each one."""
     proc = snakemake("-n", "--profile", str(SHIPPED.parent), "--sdm", "env-modules", "--configfile",

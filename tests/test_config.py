@@ -18,6 +18,7 @@ def write_config(tmp_path, edit):
     return path
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 @pytest.mark.parametrize(
     "edit, key",
     [
@@ -37,6 +38,7 @@ def test_bad_config_names_the_key(tmp_path, edit, key):
     assert key in proc.stdout + proc.stderr
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 def test_demo_dry_run_job_counts(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     proc = snakemake("-n", "--cores", "2", workdir=tmp_path, timeout=120)
@@ -58,6 +60,7 @@ def test_demo_dry_run_job_counts(tmp_path):
     assert counts["paper_tables"] == 1 and counts["versions"] == 1
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 def test_unknown_reference_model_names_the_key(tmp_path):
     cfg = write_config(tmp_path, lambda c: c.update(statistics={"reference_model": "unet9"}))
     proc = snakemake("-n", "--configfile", str(cfg), workdir=tmp_path, check=False, timeout=120)
@@ -75,6 +78,7 @@ def three_models(models, reference=None):
     return edit
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 @pytest.mark.parametrize(
     "models, reference, expected",
     [

@@ -101,7 +101,9 @@ REGISTRY = [
       sub={"B.tar": "bundles/panseg_T1_released.tar", "TSV": "cases.tsv", "DIR": "masks/"},
       creates="masks/NYU_0001.nii.gz"),
     E("snakemake --profile profiles/slurm --configfile=config/paper.yaml", FILL_IN, WHY_CLUSTER, where="fresh"),
-    E("make lint", "covered: .ci/run", "CI runs it before `make test`; its two commands run here (next lines)"),
+    E("make lint", "covered: .ci/run", "CI runs it before `make test`; its commands run here (next lines) and in "
+      "tests/test_architecture.py (lint-imports)"),
+    E("make test-unit", "not-run", "the unit tier (`pytest -m unit`) of the suite that `make test` runs whole"),
     E("snakemake --lint", "run", where="fresh"),
     E("snakefmt --check .", "run", where="repo"),
     E("python benchmarks/bench_attention.py", "help", "benchmark: minutes of CPU (softmax attention at 32k tokens)"),

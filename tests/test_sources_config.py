@@ -57,6 +57,7 @@ def test_schema_names_the_bad_key(edit, key):
         validate(edited(edit), str(SCHEMA))
 
 
+@pytest.mark.workflow  # runs Snakemake (a dry run: seconds)
 @pytest.mark.parametrize(
     "edit, key",
     [

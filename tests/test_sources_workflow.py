@@ -56,6 +56,7 @@ def study_config(tmp_path, osf, msd) -> dict:
     }
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_download_prepare_manifest(servers, tmp_path):
     osf, msd = servers
     work = tmp_path / "work"
@@ -87,6 +88,7 @@ def test_download_prepare_manifest(servers, tmp_path):
     assert len(osf.downloads()) + len(msd.downloads()) == n_downloads
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_paper_config_dry_run(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     (tmp_path / "data" / "local" / "nih_pancreas_ct").mkdir(parents=True)
@@ -106,6 +108,7 @@ def test_paper_config_without_nih_folder_names_it(tmp_path):
     assert proc.returncode != 0 and "data/local/nih_pancreas_ct" in proc.stdout + proc.stderr
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_fixing_an_excluded_file_reruns_only_its_center(tmp_path):
     """Issue 16, item 8: excluded files are inputs too. A label fixed in the user's folder re-imports
     that source and re-prepares its center (only that one); a file edited under data/raw re-prepares

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from workflow_scripts.data.synthetic import (PARTICIPANT_REGEX, RATER_FOLDERS, annotated_cases, generate,
@@ -16,6 +17,7 @@ def arrays(root, case, folder="t1"):
     return img, lab
 
 
+@pytest.mark.workflow  # writes whole synthetic studies (seconds each)
 def test_layout_determinism_and_labels(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
@@ -35,6 +37,7 @@ def test_layout_determinism_and_labels(tmp_path):
     assert (a / "ct" / "imagesTr" / "MCA_0003_0000.nii.gz").exists()
 
 
+@pytest.mark.workflow  # writes whole synthetic studies (seconds each)
 def test_centers_differ_and_anisotropic(tmp_path):
     generate(tmp_path, modalities=("T2",), centers=("AHN", "MCF", "MCA", "NWU"), cases_per_center=2, seed=1)
     spacings, directions, means = set(), set(), []
@@ -49,6 +52,7 @@ def test_centers_differ_and_anisotropic(tmp_path):
     assert np.ptp(means) > 0.1 * np.mean(means)  # intensity scale/offset differ by center
 
 
+@pytest.mark.workflow  # writes whole synthetic studies (seconds each)
 def test_volumes_vary_and_repeat_participants(tmp_path):
     plans = plan_scans(["T1"], ["AHN", "MCF", "MCA", "NYU"], 8, seed=3)
     generate(tmp_path, modalities=("T1",), centers=("AHN", "MCF", "MCA", "NYU"), cases_per_center=8, seed=3)
@@ -88,6 +92,7 @@ def test_perturb_boundary_changes_only_the_border():
     assert np.array_equal(perturb_boundary(lab, np.random.default_rng(1), 0.0), lab)
 
 
+@pytest.mark.workflow  # writes whole synthetic studies (seconds each)
 def test_extra_annotations_written_beside_labels(tmp_path):
     plans = generate(tmp_path, modalities=("T1",), centers=("AHN", "MCF"), cases_per_center=3, seed=11)
     chosen = annotated_cases(plans, 11, 1 / 3)

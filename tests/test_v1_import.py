@@ -244,6 +244,7 @@ def test_checkpoint_with_numpy_1_scalars_loads(tmp_path):
     assert v1_import.load_v1_checkpoint(path)["w"].tolist() == [1.0, 1.0]
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_snakemake_imports_config_listed_models(tmp_path):
     """`v1_imports` in config: rule import_v1 writes <results>/imported/<name>.tar; a second run does nothing."""
     import yaml

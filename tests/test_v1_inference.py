@@ -56,6 +56,9 @@ def case_in_original_axes(shape, spacing, rng, transpose):
     return np.round(image).transpose(back), label.transpose(back), list(np.array(spacing)[back])
 
 
+# Every test here imports and runs a v1 model end to end (about 20 s per model).
+pytestmark = pytest.mark.workflow
+
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def v1_model(request, tmp_path_factory):
     """A trained v1 model folder, its imported bundle, test scans and v1's own predictions of them."""
