@@ -62,8 +62,8 @@ PATHS = {
     "versions": f"{RESULTS}/versions.{{ext}}",
 }
 # A file in a fold's folder (the training rules' outputs).
-PATHS["fold_file"] = PATHS["fold"] + "/{file}"
-PATHS["loco_fold_file"] = PATHS["loco_fold"] + "/{file}"
+PATHS["fold_file"] = str(Path(PATHS["fold"], "{file}"))
+PATHS["loco_fold_file"] = str(Path(PATHS["loco_fold"], "{file}"))
 
 
 def path(key, /, **values):
@@ -364,8 +364,16 @@ def _center_rows(modality, center, direct=False):
             from snakemake.io import checkpoint_target
 
             raise IncompleteCheckpointException(checkpoints.prepare_center.rule, checkpoint_target(str(table)))
-    with table.open(encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
+    stat = table.stat()
+    key = (str(table), stat.st_mtime_ns, stat.st_size)  # a re-written table is read again
+    if key not in _CENTER_ROWS:
+        with table.open(encoding="utf-8") as f:
+            _CENTER_ROWS[key] = list(csv.DictReader(f, delimiter="\t"))
+    return _CENTER_ROWS[key]
+
+
+# Rows of each prepared center table as read: every fold's training recipe needs them (parse time).
+_CENTER_ROWS = {}
 
 
 def _training_cases(modality, held_out=None, direct=False):
