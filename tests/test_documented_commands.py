@@ -77,9 +77,9 @@ class E:
 
 REGISTRY = [
     # README.md
-    E("make demo", "dry-run", "the whole SYNTHETIC demo: about 18 minutes on 2 cores", where="fresh"),
+    E("make demo", "dry-run", "the whole SYNTHETIC demo: about 28 minutes on 2 cores", where="fresh"),
     E("make test", "covered: .ci/run", "the test suite itself (this test is part of it)"),
-    E("snakemake --cores 2", "dry-run", "the whole SYNTHETIC demo: about 18 minutes on 2 cores", where="fresh"),
+    E("snakemake --cores 2", "dry-run", "the whole SYNTHETIC demo: about 28 minutes on 2 cores", where="fresh"),
     E("snakemake -n", "run"),
     E("snakemake --cores 2 results/demo/T1/nnunet/centers/NYU/metrics.tsv", "run", sub=DEMO_TO_TINY,
       setup="rm results/T1/nnunet/centers/NYU/metrics.tsv", creates="results/T1/nnunet/centers/NYU/metrics.tsv"),
