@@ -29,25 +29,32 @@ log = logging.getLogger(__name__)
 
 
 def load_predictor(bundle, device, mirroring=None, step_size=None):
-    """(predictor, mirroring, step_size) for an extracted bundle; None settings take the bundle's defaults."""
-    from workflow_scripts.deployment.bundle import inference_semantics
+    """(predictor, mirroring, step_size) for an extracted bundle; None settings take the bundle's defaults.
+    A model that cannot be loaded is a BundleError naming the bundle."""
+    from workflow_scripts.deployment.bundle import BundleError, inference_semantics
 
     info = bundle.info
     mirroring = info["inference"]["mirroring"] if mirroring is None else bool(mirroring)
     step_size = info["inference"]["step_size"] if step_size is None else float(step_size)
     if not 0 < step_size <= 1:
         raise InputError(bundle.archive, f"step size {step_size} must lie in (0, 1]")
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's chatter
-        if inference_semantics(info) == "v1":
-            from workflow_scripts.deployment.v1_inference import load_v1_ensemble
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's chatter
+            if inference_semantics(info) == "v1":
+                from workflow_scripts.deployment.v1_inference import load_v1_ensemble
 
-            predictor = load_v1_ensemble(bundle.root, bundle.checkpoints, info["trainer"], device, mirroring,
-                                         step_size, info.get("postprocessing"))
-        else:
-            from workflow_scripts.nnunet.predict import load_ensemble
+                predictor = load_v1_ensemble(bundle.root, bundle.checkpoints, info["trainer"], device, mirroring,
+                                             step_size, info.get("postprocessing"))
+            else:
+                from workflow_scripts.nnunet.predict import load_ensemble
 
-            predictor = load_ensemble(bundle.root, bundle.checkpoints, info["trainer"], info["configuration"], device,
-                                      mirroring, step_size)
+                predictor = load_ensemble(bundle.root, bundle.checkpoints, info["trainer"], info["configuration"],
+                                          device, mirroring, step_size)
+    except InputError:
+        raise
+    except Exception as exc:  # e.g. a checkpoint holding pickled code (weights_only refuses it)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise BundleError(bundle.archive, f"the model cannot be loaded ({type(exc).__name__}: {first})") from None
     return predictor, mirroring, step_size
 
 
@@ -80,7 +87,7 @@ def predict_table(bundle_path, cases_tsv, out_dir, device: str = "auto", threads
 
     threads = threads or len(os.sched_getaffinity(0))
     configure(threads=threads)  # before nnunetv2 is imported
-    from workflow_scripts.deployment.bundle import BundleError, inference_semantics, opened
+    from workflow_scripts.deployment.bundle import inference_semantics, opened
     from workflow_scripts.nnunet.predict import predict_cases
     from workflow_scripts.nnunet.devices import pick_device
 
@@ -92,13 +99,7 @@ def predict_table(bundle_path, cases_tsv, out_dir, device: str = "auto", threads
         with opened(bundle_path, workdir=work) as bundle:
             dev = pick_device(device)
             t0 = time.time()
-            try:
-                predictor, mirroring, step_size = load_predictor(bundle, dev, mirroring, step_size)
-            except InputError:
-                raise
-            except Exception as exc:  # e.g. a checkpoint holding pickled code (weights_only refuses it)
-                first = (str(exc).strip().splitlines() or [""])[0]
-                raise BundleError(bundle.archive, f"the model cannot be loaded ({type(exc).__name__}: {first})") from None
+            predictor, mirroring, step_size = load_predictor(bundle, dev, mirroring, step_size)
             log.info("%s: %s %s, %s semantics, %d fold(s), on %s (%d threads, mirroring %s, step %.2f), ready in %.1f s",
                      bundle.archive, bundle.info.get("modality"), bundle.info.get("model"),
                      inference_semantics(bundle.info), len(bundle.checkpoints), dev, threads,

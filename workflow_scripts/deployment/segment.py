@@ -253,13 +253,8 @@ def run(bundle_path, input_dir, out_dir, device: str = "auto", threads: int | No
             log.info("%d scans in %s: %d NIfTI, %d DICOM series", len(scans), input_dir,
                      sum(s.kind == "nifti" for s in scans), sum(s.kind == "dicom" for s in scans))
             dev = pick_device(device)
-            try:  # native bundles: nnU-Net v2's predictor; imported v1 models: v1's semantics (v1_inference.py)
-                predictor, mirroring, step_size = load_predictor(bundle, dev, mirroring, step_size)
-            except InputError:
-                raise
-            except Exception as exc:  # e.g. a checkpoint holding pickled code (weights_only refuses it)
-                first = (str(exc).strip().splitlines() or [""])[0]
-                raise BundleError(bundle.archive, f"the model cannot be loaded ({type(exc).__name__}: {first})") from None
+            # native bundles: nnU-Net v2's predictor; imported v1 models: v1's semantics (v1_inference.py)
+            predictor, mirroring, step_size = load_predictor(bundle, dev, mirroring, step_size)
             log.info("model ready on %s (%d threads, mirroring %s, step %.2f, nnU-Net %s semantics) in %.1f s", dev,
                      threads, "on" if mirroring else "off", step_size, inference_semantics(info), time.time() - t_start)
             summary = segment_folder(predictor, scans, out_dir, work, keep_converted)

@@ -41,6 +41,7 @@ import SimpleITK as sitk
 
 from workflow_scripts.common.atomic import atomic_dir
 from workflow_scripts.common.errors import InputError
+from workflow_scripts.nnunet.devices import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -209,16 +210,6 @@ def predict_cases(sam, method: str, cases: pd.DataFrame, out_dir) -> pd.DataFram
         table = pd.DataFrame(rows, columns=["case_id", "prompted", *Box.__dataclass_fields__, "slices", "seconds"])
         table.to_csv(tmp / "prompts.tsv", sep="\t", index=False)
     return table
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no GPU")
-    return torch.device(name)
 
 
 def main(argv=None) -> int:

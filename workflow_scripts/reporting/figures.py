@@ -168,17 +168,22 @@ def metrics_figures(per_case: pd.DataFrame, out_dir, reference=None) -> list[Pat
 
     # Predicted vs reference volume: a row per setting, a column per model.
     opts = Options(reference=reference or "", n_boot=0)
-    combos = [(s, m) for s in settings for m in models if len(per_case[(per_case.setting == s) & (per_case.model == m)])]
+    # one group and one volume agreement per (setting, model) panel, shared by both figures
+    groups = {(s, m): per_case[(per_case.setting == s) & (per_case.model == m)] for s in settings for m in models}
+    groups = {k: g for k, g in groups.items() if len(g)}
+    agreement = {k: volume_agreement(g, opts) for k, g in groups.items()}
+
+    def panel(axes, s, model):
+        ax = axes[settings.index(s), models.index(model)]
+        ax.set_axis_on()
+        return ax, MODEL_COLOURS[models.index(model) % len(MODEL_COLOURS)], groups[s, model], agreement[s, model]
+
     fig, axes = _panel_grid(len(settings), len(models), 4.2, 4.2)
     for ax in axes.ravel():
         ax.set_axis_off()
-    for s, model in combos:
-        ax = axes[settings.index(s), models.index(model)]
-        ax.set_axis_on()
-        colour = MODEL_COLOURS[models.index(model) % len(MODEL_COLOURS)]
-        g = per_case[(per_case.setting == s) & (per_case.model == model)]
+    for s, model in groups:
+        ax, colour, g, va = panel(axes, s, model)
         ref, pred = g.vol_ref_ml.astype(float), g.vol_pred_ml.astype(float)
-        va = volume_agreement(g, opts)
         lim = [0, 1.05 * max(ref.max(), pred.max(), 1e-6)]
         ax.plot(lim, lim, color="grey", lw=1, ls="--", label="identity")
         if np.isfinite(va["slope"]):
@@ -198,14 +203,10 @@ def metrics_figures(per_case: pd.DataFrame, out_dir, reference=None) -> list[Pat
     for ax in axes.ravel():
         ax.set_axis_off()
     ba_rows = []
-    for s, model in combos:
-        ax = axes[settings.index(s), models.index(model)]
-        ax.set_axis_on()
-        colour = MODEL_COLOURS[models.index(model) % len(MODEL_COLOURS)]
-        g = per_case[(per_case.setting == s) & (per_case.model == model)]
+    for s, model in groups:
+        ax, colour, g, va = panel(axes, s, model)
         ref, pred = g.vol_ref_ml.astype(float), g.vol_pred_ml.astype(float)
         mean, diff = (ref + pred) / 2, pred - ref
-        va = volume_agreement(g, opts)
         ax.scatter(mean, diff, s=16, color=colour, edgecolor="black", linewidth=0.4, zorder=3)
         for y, ls, text in [(va["bias_ml"], "-", "bias"), (va["loa_low_ml"], "--", "bias − 1.96 sd"),
                             (va["loa_high_ml"], "--", "bias + 1.96 sd")]:
